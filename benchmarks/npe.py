@@ -1,0 +1,262 @@
+r"""Benchmark of sbikit's NPE against sbi's NPE (MAF and NSF) on reference problems.
+
+For each simulator (``two_moons``, ``gaussian_linear``) and simulation budget
+:math:`N`, the script
+
+1. simulates :math:`N` pairs :math:`(\theta_i, x_i)` once with
+   :func:`sbikit.simulate` (seeded), so every method trains on the same data;
+2. draws :math:`K` held-out observations :math:`x_o \sim p(x | \theta_o)`,
+   :math:`\theta_o \sim p(\theta)`, with a separate fixed seed, shared by all methods;
+3. trains each method with its default settings, timing the training (from the
+   data to a posterior that can be sampled);
+4. draws 10,000 posterior samples per observation, timing the sampling, and
+   scores them by C2ST (:func:`sbikit.diagnostics.c2st`, the same function for
+   every method) against 10,000 exact samples of the reference posterior.
+
+Methods: ``sbikit`` (``sbikit.NPE`` defaults) and, when the optional ``bench``
+extra is installed (``pip install sbikit[bench]``, which brings ``sbi``),
+``sbi-maf`` (sbi's NPE with its default density estimator) and ``sbi-nsf``,
+both with sbi's default training settings, on the CPU.
+
+Columns: the mean (and max) C2ST over the observations (0.5 is perfect), the
+number of training epochs, the training time in seconds, the sampling rate in
+samples per second (all samples over all sampling time), and, where sbi's MAF
+ran, the training time as a multiple of MAF's and the C2ST minus MAF's.
+
+Run it from the repository root::
+
+    python benchmarks/npe.py                      # full table: N = 1,000 and 10,000, 3 observations
+    python benchmarks/npe.py --quick              # smoke test: N = 500, 1 observation
+    python benchmarks/npe.py --num-simulations 1000 --simulators two_moons --observations 5 --seed 1
+    python benchmarks/npe.py --methods sbikit --markdown
+
+Timings depend on the machine; torch's default number of threads is used.
+"""
+
+import argparse
+import math
+import platform
+import sys
+import time
+import torch
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sbikit
+
+from sbikit.diagnostics import c2st
+from sbikit.simulators import gaussian_linear, two_moons
+
+try:
+    import sbi
+    from sbi.inference import NPE as SbiNPE
+except ImportError:  # the optional `bench` extra is not installed
+    sbi = None
+
+SIMULATORS = {"two_moons": two_moons, "gaussian_linear": gaussian_linear}
+METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
+BASELINE = "sbi-maf"
+NUM_SAMPLES = 10_000
+OBSERVATION_SEED_OFFSET = 1_000_000  # observations never share the training seed
+REFERENCE_SEED_OFFSET = 2_000_000
+
+
+@dataclass
+class Row:
+    r"""One line of the table: a method trained on one (simulator, N)."""
+
+    simulator: str
+    num_simulations: int
+    method: str
+    c2st_mean: float
+    c2st_max: float
+    epochs: int
+    train_seconds: float
+    samples_per_second: float
+    train_ratio: float = math.nan  # train time / the baseline's
+    c2st_delta: float = math.nan  # C2ST - the baseline's
+
+
+# Methods: each trains on (prior, theta, x) and returns (sample(n, x_o) -> (n, D), epochs).
+
+
+def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, int]:
+    config = sbikit.TrainConfig(show_progress=False, seed=seed)
+    posterior = sbikit.NPE(prior, training=config).fit(data)
+    return (lambda n, x: posterior.sample(n, x=x)), posterior.history["epochs"]
+
+
+def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Callable, int]:
+    # sbi takes torch distributions as priors: sbikit.BoxUniform is a torch Independent(Uniform).
+    inference = SbiNPE(prior=prior, density_estimator=estimator, show_progress_bars=False)
+    inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
+    posterior = inference.build_posterior()
+    epochs = inference._summary["epochs_trained"][-1]
+
+    def sample(n: int, x: torch.Tensor) -> torch.Tensor:
+        return posterior.sample((n,), x=x, show_progress_bars=False)
+
+    return sample, int(epochs)
+
+
+def train(method: str, prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, int]:
+    if method == "sbikit":
+        return train_sbikit(prior, data, seed)
+    return train_sbi(prior, data, method.removeprefix("sbi-"))
+
+
+def observations(module, prior, count: int, seed: int) -> torch.Tensor:
+    r"""Draws ``count`` observations :math:`(K, L)` from the prior predictive, seeded."""
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + OBSERVATION_SEED_OFFSET)
+        theta = prior.sample((count,))
+        return module.simulator(theta)
+
+
+def run_method(method, prior, data, x_obs, references, seed, label) -> Row:
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    sample, epochs = train(method, prior, data, seed)
+    train_seconds = time.perf_counter() - start
+
+    scores, sampling_seconds = [], 0.0
+    for x_o, reference in zip(x_obs, references):
+        start = time.perf_counter()
+        samples = sample(NUM_SAMPLES, x_o)
+        sampling_seconds += time.perf_counter() - start
+        scores.append(c2st(reference, samples, seed=seed))
+    return Row(
+        simulator=label[0],
+        num_simulations=label[1],
+        method=method,
+        c2st_mean=sum(scores) / len(scores),
+        c2st_max=max(scores),
+        epochs=epochs,
+        train_seconds=train_seconds,
+        samples_per_second=NUM_SAMPLES * len(x_obs) / sampling_seconds,
+    )
+
+
+def add_ratios(rows: list[Row]) -> None:
+    r"""Fills each row's comparison with the baseline of its (simulator, N)."""
+
+    baselines = {(r.simulator, r.num_simulations): r for r in rows if r.method == BASELINE}
+    for row in rows:
+        base = baselines.get((row.simulator, row.num_simulations))
+        if base is not None:
+            row.train_ratio = row.train_seconds / base.train_seconds
+            row.c2st_delta = row.c2st_mean - base.c2st_mean
+
+
+HEADER = ("simulator", "N", "method", "C2ST", "C2ST max", "epochs", "train s", "samples/s",
+          f"train / {BASELINE}", f"C2ST - {BASELINE}")
+
+
+def cells(row: Row) -> list[str]:
+    def number(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)
+
+    return [
+        row.simulator,
+        f"{row.num_simulations:,}",
+        row.method,
+        f"{row.c2st_mean:.3f}",
+        f"{row.c2st_max:.3f}",
+        str(row.epochs),
+        f"{row.train_seconds:.1f}",
+        f"{row.samples_per_second:,.0f}",
+        number(row.train_ratio, ".2f"),
+        number(row.c2st_delta, "+.3f"),
+    ]
+
+
+def format_table(rows: list[Row], markdown: bool = False) -> str:
+    table = [list(HEADER)] + [cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    left = {0, 2}  # text columns; numbers are right-aligned
+
+    def line(values: list[str]) -> str:
+        parts = [v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return f"| {' | '.join(parts)} |" if markdown else "  ".join(parts)
+
+    if markdown:
+        rule = "|" + "|".join(
+            "-" * (w + 1) + ":" if i not in left else ":" + "-" * (w + 1) for i, w in enumerate(widths)
+        ) + "|"
+    else:
+        rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(table[0]), rule] + [line(values) for values in table[1:]])
+
+
+def progress(row: Row) -> str:
+    return (
+        f"[{row.simulator}, N={row.num_simulations:,}] {row.method}: C2ST {row.c2st_mean:.3f} "
+        f"(max {row.c2st_max:.3f}), trained {row.train_seconds:.1f} s ({row.epochs} epochs), "
+        f"{row.samples_per_second:,.0f} samples/s"
+    )
+
+
+def benchmark(simulators, budgets, methods, num_observations, seed) -> list[Row]:
+    rows = []
+    for name in simulators:
+        module = SIMULATORS[name]
+        prior = module.prior()
+        x_obs = observations(module, prior, num_observations, seed)
+        references = [
+            module.reference_posterior(x_o, NUM_SAMPLES, seed=seed + REFERENCE_SEED_OFFSET + k)
+            for k, x_o in enumerate(x_obs)
+        ]
+        for n in budgets:
+            data = sbikit.simulate(module.simulator, prior, num_simulations=n, seed=seed, show_progress=False)
+            for method in methods:
+                row = run_method(method, prior, data, x_obs, references, seed, (name, n))
+                rows.append(row)
+                print(progress(row), flush=True)
+    add_ratios(rows)
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), default=list(SIMULATORS))
+    parser.add_argument("--num-simulations", nargs="+", type=int, default=[1_000, 10_000], metavar="N")
+    parser.add_argument("--observations", type=int, default=3, metavar="K",
+                        help="held-out observations per simulator (default 3)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods to run; sbi's need the `bench` extra (default: all available)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the simulations, observations and training")
+    parser.add_argument("--markdown", action="store_true", help="print the final table as markdown")
+    parser.add_argument("--quick", action="store_true", help="smoke test: N = 500 and 1 observation")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_simulations, args.observations = [500], 1
+    if min(args.num_simulations) < 2 or args.observations < 1:
+        parser.error("--num-simulations must be at least 2 and --observations at least 1.")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    methods = list(dict.fromkeys(args.methods))
+    if sbi is None:
+        print("sbi is not installed (pip install sbikit[bench]); showing sbikit only.", flush=True)
+        methods = [m for m in methods if m == "sbikit"]
+        if not methods:
+            sys.exit("no method to run.")
+    versions = f"sbikit {sbikit.__version__}, torch {torch.__version__}"
+    versions += f", sbi {sbi.__version__}" if sbi is not None else ""
+    print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, CPU", flush=True)
+    print(f"{args.observations} observation(s), {NUM_SAMPLES:,} samples each, seed {args.seed}", flush=True)
+
+    start = time.perf_counter()
+    rows = benchmark(args.simulators, args.num_simulations, methods, args.observations, args.seed)
+    print(flush=True)
+    print(format_table(rows, markdown=args.markdown))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+r"""sbikit: simulation-based inference.
+
+Wrap a simulator with a prior, simulate, train a neural posterior, sample it,
+and check it::
+
+    data = sbikit.simulate(simulator, prior, num_simulations=5_000, seed=0)
+    posterior = sbikit.NPE(prior).fit(data)
+    samples = posterior.sample(1_000, x=x_obs)
+"""
+
+__all__ = [
+    "BoxUniform",
+    "FormatError",
+    "NPE",
+    "NPEPosterior",
+    "Posterior",
+    "ProductPrior",
+    "Simulations",
+    "TrainConfig",
+    "TrainingError",
+    "affine_coupling_flow",
+    "coupling_flow",
+    "load",
+    "simulate",
+]
+
+__version__ = "0.1.0"
+
+from .data import Simulations
+from .errors import FormatError, TrainingError
+from .estimators import NPE, NPEPosterior
+from .flows import affine_coupling_flow, coupling_flow
+from .io import load
+from .posterior import Posterior
+from .priors import BoxUniform, ProductPrior
+from .runs import simulate
+from .train import TrainConfig

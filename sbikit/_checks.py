@@ -1,0 +1,53 @@
+r"""Shape and value checks shared by every public entry point."""
+
+__all__ = ["check_theta", "check_x", "check_count"]
+
+import numpy as np
+import torch
+
+from torch import Tensor
+
+from .data import as_float_tensor
+
+
+def check_count(value: object, name: str) -> int:
+    r"""Returns ``value`` as a positive int, else raises a TypeError or ValueError."""
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}.")
+    return int(value)
+
+
+def check_x(x: object, x_shape: torch.Size, name: str = "x") -> tuple[Tensor, torch.Size]:
+    r"""Checks observations :math:`(*, *x\_shape)` and returns them with their batch shape.
+
+    Raises:
+        ValueError: If the trailing shape differs from ``x_shape`` or ``x`` is not finite.
+    """
+
+    x = as_float_tensor(x, name)
+    k = len(x_shape)
+    if x.ndim < k or x.shape[x.ndim - k :] != x_shape:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)} but the simulator produced outputs of shape "
+            f"{tuple(x_shape)}; pass one observation of shape {tuple(x_shape)} or a batch of "
+            f"shape (m, {', '.join(map(str, x_shape))})."
+        )
+    if not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+        raise ValueError(f"{name} contains {bad}; observations must be finite.")
+    return x, x.shape[: x.ndim - k]
+
+
+def check_theta(theta: object, dim: int, name: str = "theta") -> Tensor:
+    r"""Checks parameters :math:`(*, D)` with :math:`D` = ``dim``."""
+
+    theta = as_float_tensor(theta, name)
+    if theta.ndim == 0 or theta.shape[-1] != dim:
+        raise ValueError(
+            f"{name} has shape {tuple(theta.shape)} but the prior has {dim} dimensions; "
+            f"pass {name} of shape (*, {dim})."
+        )
+    return theta

@@ -1,0 +1,5 @@
+r"""Estimators: each learns one conditional density from simulations."""
+
+__all__ = ["NPE", "NPEPosterior"]
+
+from .npe import NPE, NPEPosterior

@@ -1,0 +1,93 @@
+r"""Conditional normalizing flows built from zuko's blocks.
+
+A flow builder is any callable ``builder(features, context) -> zuko.lazy.Flow``
+(more generally a :class:`zuko.lazy.LazyDistribution`). The defaults here are
+coupling flows, whose sampling and density are each one pass through the
+network. zuko's autoregressive flows fit the same slot: pass ``zuko.flows.MAF``
+or ``functools.partial(zuko.flows.NSF, transforms=5)``.
+"""
+
+__all__ = ["coupling_flow", "affine_coupling_flow"]
+
+import torch
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from torch.distributions import Transform
+from zuko.distributions import DiagNormal
+from zuko.flows.coupling import GeneralCouplingTransform
+from zuko.lazy import Flow, UnconditionalDistribution, UnconditionalTransform
+from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform, PermutationTransform
+
+
+def _coupling(
+    features: int,
+    context: int,
+    transforms: int,
+    hidden_features: Sequence[int],
+    univariate: Callable[..., Transform],
+    shapes: list[tuple[int, ...]],
+) -> Flow:
+    layers = []
+    for i in range(transforms):
+        layers.append(
+            GeneralCouplingTransform(
+                features,
+                context,
+                mask=torch.arange(features) % 2 == i % 2,
+                univariate=univariate,
+                shapes=shapes,
+                hidden_features=tuple(hidden_features),
+            )
+        )
+        if features > 2 and i < transforms - 1:
+            layers.append(UnconditionalTransform(PermutationTransform, torch.randperm(features), buffer=True))
+    base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features), buffer=True)
+    return Flow(layers, base)
+
+
+def coupling_flow(
+    features: int,
+    context: int,
+    transforms: int = 5,
+    bins: int = 8,
+    hidden_features: Sequence[int] = (128, 128),
+) -> Flow:
+    r"""Builds a rational-quadratic spline coupling flow (the default).
+
+    Each layer transforms half of the features with monotonic rational-quadratic
+    splines on :math:`[-5, 5]` whose knots are computed from the other half and
+    the context; random permutations between layers mix the halves.
+
+    Arguments:
+        features: The number of features :math:`D`.
+        context: The number of context features :math:`F`.
+        transforms: The number of coupling layers.
+        bins: The number of spline bins.
+        hidden_features: The hidden widths of each layer's conditioner.
+
+    Example:
+        >>> flow = coupling_flow(3, 4)
+        >>> flow(torch.randn(4)).sample((10,)).shape
+        torch.Size([10, 3])
+    """
+
+    spline = partial(MonotonicRQSTransform, bound=5.0)
+    return _coupling(features, context, transforms, hidden_features, spline, [(bins,), (bins,), (bins - 1,)])
+
+
+def affine_coupling_flow(
+    features: int,
+    context: int,
+    transforms: int = 5,
+    hidden_features: Sequence[int] = (128, 128),
+) -> Flow:
+    r"""Builds an affine coupling flow (RealNVP) with permutations between layers.
+
+    Example:
+        >>> flow = affine_coupling_flow(3, 4)
+        >>> flow(torch.randn(4)).log_prob(torch.randn(3)).shape
+        torch.Size([])
+    """
+
+    return _coupling(features, context, transforms, hidden_features, MonotonicAffineTransform, [(), ()])

@@ -1,0 +1,216 @@
+r"""Saving and loading trained estimators.
+
+A file holds a versioned JSON config and a ``state_dict``, written with
+:func:`torch.save` to a temporary file and renamed into place. :func:`load` reads
+it with ``weights_only=True``, so it never unpickles arbitrary objects, and
+rebuilds the networks from the config. Only builders from ``sbikit`` and ``zuko``
+and distributions from ``torch.distributions`` are rebuilt by name; a posterior
+trained with a custom prior, summary network or flow builder is loaded by
+passing that object again.
+"""
+
+__all__ = ["FORMAT_VERSION", "save", "load", "prior_spec", "prior_from_spec", "builder_spec", "module_spec"]
+
+import functools
+import importlib
+import json
+import os
+import tempfile
+import torch
+import torch.distributions as D
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import FormatError
+from .priors import BoxUniform, ProductPrior
+
+FORMAT_VERSION = 1
+_MAGIC = "sbikit"
+_TRUSTED = ("sbikit.", "zuko.")
+_KINDS = {"NPE": "sbikit.estimators.npe:NPEPosterior"}
+
+
+def _resolve(target: str) -> object:
+    module, _, name = target.partition(":")
+    if not module.startswith(_TRUSTED) or not name:
+        raise FormatError(f"refusing to import {target!r}: only sbikit and zuko builders are rebuilt by name.")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def builder_spec(builder: Callable) -> dict | None:
+    r"""Describes a flow builder by import path and keyword arguments, or None if
+    it cannot be rebuilt by name (a lambda, a local function, a foreign module)."""
+
+    kwargs = {}
+    while isinstance(builder, functools.partial):
+        if builder.args:
+            return None
+        kwargs = {**builder.keywords, **kwargs}
+        builder = builder.func
+    module, name = getattr(builder, "__module__", ""), getattr(builder, "__qualname__", "")
+    if not (module + ".").startswith(_TRUSTED) or "<" in name or not _jsonable(kwargs):
+        return None
+    return {"target": f"{module}:{name}", "kwargs": kwargs}
+
+
+def module_spec(module: torch.nn.Module) -> dict | None:
+    r"""Describes an sbikit network by class and constructor config, else None."""
+
+    cls = type(module)
+    config = getattr(module, "config", None)
+    if not cls.__module__.startswith("sbikit.") or not isinstance(config, dict) or not _jsonable(config):
+        return None
+    return {"target": f"{cls.__module__}:{cls.__qualname__}", "kwargs": config}
+
+
+def build(spec: dict, *args) -> object:
+    r"""Calls the builder or class described by ``spec``."""
+
+    return _resolve(spec["target"])(*args, **spec["kwargs"])
+
+
+def _params(prior: D.Distribution) -> dict:
+    names = list(prior.arg_constraints)
+    if "scale_tril" in names:
+        names = [n for n in names if n not in ("covariance_matrix", "precision_matrix")]
+    if "logits" in names and "probs" in names:
+        names.remove("probs")
+    return {n: getattr(prior, n).tolist() if torch.is_tensor(getattr(prior, n)) else getattr(prior, n) for n in names}
+
+
+def prior_spec(prior: D.Distribution) -> dict | None:
+    r"""Describes a prior as JSON-able data, or None if it cannot be rebuilt.
+
+    Example:
+        >>> prior_spec(BoxUniform(torch.zeros(1), torch.ones(1)))
+        {'type': 'BoxUniform', 'low': [0.0], 'high': [1.0]}
+    """
+
+    if isinstance(prior, BoxUniform):
+        return {"type": "BoxUniform", "low": prior.low.tolist(), "high": prior.high.tolist()}
+    if isinstance(prior, ProductPrior):
+        parts = [prior_spec(m) for m in prior.marginals]
+        return None if None in parts else {"type": "ProductPrior", "marginals": parts}
+    if type(prior) is D.Independent:
+        base = prior_spec(prior.base_dist)
+        return None if base is None else {"type": "Independent", "base": base, "ndims": prior.reinterpreted_batch_ndims}
+    cls = type(prior)
+    if getattr(D, cls.__name__, None) is not cls:
+        return None
+    spec = {"type": cls.__name__, "params": _params(prior)}
+    try:  # keep the spec only if it rebuilds the same distribution
+        rebuilt, probe = prior_from_spec(spec), prior.sample((8,))
+        same = torch.allclose(rebuilt.log_prob(probe), prior.log_prob(probe), equal_nan=True)
+    except Exception:  # noqa: BLE001 - any failure means the spec cannot stand in for the prior
+        return None
+    return spec if same and _jsonable(spec) else None
+
+
+def prior_from_spec(spec: dict) -> D.Distribution:
+    r"""Rebuilds a prior from :func:`prior_spec`'s description."""
+
+    kind = spec["type"]
+    if kind == "BoxUniform":
+        return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
+    if kind == "ProductPrior":
+        return ProductPrior([prior_from_spec(m) for m in spec["marginals"]])
+    if kind == "Independent":
+        return D.Independent(prior_from_spec(spec["base"]), spec["ndims"])
+    cls = getattr(D, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, D.Distribution)):
+        raise FormatError(f"unknown prior type {kind!r} in the saved config.")
+    params = {k: torch.tensor(v) if isinstance(v, (list, float)) else v for k, v in spec["params"].items()}
+    return cls(**params)
+
+
+def save(posterior: torch.nn.Module, path: str | os.PathLike) -> None:
+    r"""Writes a trained posterior to ``path`` atomically (temporary file, then rename)."""
+
+    path = Path(path)
+    config = {"kind": posterior.kind, **posterior.config()}
+    payload = {
+        "format": _MAGIC,
+        "version": FORMAT_VERSION,
+        "config": json.dumps(config, allow_nan=True),
+        "state_dict": {k: v.detach().cpu() for k, v in posterior.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    prior: D.Distribution | None = None,
+    summary: torch.nn.Module | None = None,
+    flow: Callable | None = None,
+    device: str = "cpu",
+):
+    r"""Loads a posterior written by :meth:`Posterior.save`.
+
+    Arguments:
+        path: The file.
+        prior: The prior, needed only if it was a custom distribution.
+        summary: An untrained instance of the summary network, needed only if it
+            was a custom module.
+        flow: The flow builder, needed only if it was a custom builder.
+        device: Where to put the networks.
+
+    Raises:
+        FormatError: If the file is truncated, foreign, from a newer format
+            version, or needs an object that was not passed.
+    """
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {str(path)!r}.")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every reading failure means a bad file
+        raise FormatError(f"{str(path)!r} is not a readable sbikit file (truncated or foreign): {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != _MAGIC or "config" not in payload:
+        raise FormatError(f"{str(path)!r} is not an sbikit file (no sbikit header).")
+    version = payload.get("version")
+    if not isinstance(version, int):
+        raise FormatError(f"{str(path)!r} has no valid format version.")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{str(path)!r} has format version {version}, newer than the version this sbikit reads "
+            f"({FORMAT_VERSION}); upgrade sbikit to load it."
+        )
+    try:
+        config = json.loads(payload["config"])
+        cls = _resolve(_KINDS[config["kind"]])
+    except (KeyError, ValueError, TypeError) as error:
+        raise FormatError(f"{str(path)!r} has a damaged config: {error}") from None
+    posterior = cls.from_config(config, prior=prior, summary=summary, flow=flow)
+    try:
+        posterior.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as error:
+        raise FormatError(
+            f"the weights in {str(path)!r} do not fit the rebuilt networks; if it was trained with a custom "
+            f"summary network or flow, pass the same architecture: {error}"
+        ) from None
+    return posterior.to(device).eval()
+

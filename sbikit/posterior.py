@@ -1,0 +1,170 @@
+r"""Posteriors: the common surface of every trained estimator.
+
+A posterior is an :class:`torch.nn.Module` whose ``forward(x)`` returns the
+distribution :math:`p(\theta | x)` for observations :math:`x` :math:`(*, *x\_shape)`,
+with batch shape :math:`(*)` and event shape :math:`(D,)`. On top of that,
+:class:`Posterior` provides checked ``sample``, ``log_prob``, ``to_arviz`` and ``save``.
+"""
+
+__all__ = ["Posterior", "SupportFlow"]
+
+import math
+import torch
+import torch.nn as nn
+
+from torch import Size, Tensor
+from torch.distributions import Distribution, Transform, constraints
+
+from ._checks import check_count, check_theta, check_x
+from .priors import in_support, support_bounds
+
+
+class SupportFlow(Distribution):
+    r"""A flow over standardized unconstrained vectors, mapped into the prior's support.
+
+    With :math:`u \sim q(u | x)`, the parameters are :math:`\theta = T(\mu + \sigma u)`
+    and :math:`\log p(\theta | x) = \log q(u | x) - \sum \log \sigma - \log |\det J_T|`.
+    The map runs in float64 on the CPU and samples are kept strictly inside a
+    box-shaped support, so they never leave it, whatever device the flow is on.
+
+    Arguments:
+        base: The flow's distribution over :math:`u`, batch shape :math:`(*)`.
+        loc: The standardization mean :math:`\mu`, :math:`(D,)`.
+        scale: The standardization scale :math:`\sigma`, :math:`(D,)`.
+        transform: The map :math:`T` from unconstrained space to the support.
+        prior: The prior, whose support bounds the samples.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, base: Distribution, loc: Tensor, scale: Tensor, transform: Transform, prior) -> None:
+        self.base = base
+        self.device = loc.device
+        self.loc = loc.detach().cpu().double()
+        self.scale = scale.detach().cpu().double()
+        self.transform = transform
+        self.prior = prior
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.prior.support
+
+    def sample(self, sample_shape: Size = Size()) -> Tensor:
+        with torch.no_grad():
+            u = self.base.sample(sample_shape).cpu().double()
+        theta = self.transform(self.loc + self.scale * u).float()
+        bounds = support_bounds(self.prior)
+        if bounds is not None:  # float rounding can land on a closed boundary
+            lower, upper = (b.float() for b in bounds)
+            theta = torch.maximum(theta, torch.nextafter(lower, upper))
+            theta = torch.minimum(theta, torch.nextafter(upper, lower))
+        return theta
+
+    def log_prob(self, theta: Tensor) -> Tensor:
+        theta = theta.cpu()
+        inside = in_support(self.prior, theta)
+        safe = torch.where(inside.unsqueeze(-1), theta, self.prior.sample().to(theta)).double()
+        unconstrained = self.transform.inv(safe)
+        jacobian = self.transform.log_abs_det_jacobian(unconstrained, safe)
+        u = (unconstrained - self.loc) / self.scale
+        log_q = self.base.log_prob(u.to(device=self.device, dtype=torch.float32)).cpu().double()
+        log_p = log_q - self.scale.log().sum() - jacobian
+        return torch.where(inside, log_p, -math.inf).float()
+
+
+class Posterior(nn.Module):
+    r"""The surface shared by trained posteriors.
+
+    Subclasses set ``prior``, ``x_shape``, ``parameter_names`` and ``history``,
+    implement ``forward(x) -> Distribution`` for checked observations, and
+    ``config()`` for saving.
+    """
+
+    kind = "posterior"
+
+    @property
+    def theta_dim(self) -> int:
+        return self.prior.event_shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _x(self, x: object) -> tuple[Tensor, Size]:
+        x, batch = check_x(x, self.x_shape)
+        return x.to(self.device), batch
+
+    def sample(self, num_samples: int, x: object) -> Tensor:
+        r"""Draws samples from :math:`p(\theta | x)`.
+
+        Arguments:
+            num_samples: The number of samples :math:`n` per observation.
+            x: One observation :math:`(*x\_shape)` or a batch :math:`(m, *x\_shape)`.
+
+        Returns:
+            The samples, :math:`(n, D)` for one observation or :math:`(n, m, D)` for
+            a batch, on the CPU.
+        """
+
+        num_samples = check_count(num_samples, "num_samples")
+        x, _ = self._x(x)
+        with torch.no_grad():
+            return self(x).sample((num_samples,))
+
+    def log_prob(self, theta: object, x: object) -> Tensor:
+        r"""Evaluates the normalized density :math:`\log p(\theta | x)`.
+
+        Arguments:
+            theta: Parameters :math:`(*, D)`; rows outside the prior's support get
+                :math:`-\infty`.
+            x: One observation :math:`(*x\_shape)` or a batch :math:`(m, *x\_shape)`,
+                broadcast against the batch shape of ``theta``.
+
+        Returns:
+            The log-densities, with the broadcast batch shape, on the CPU.
+        """
+
+        theta = check_theta(theta, self.theta_dim)
+        x, batch = self._x(x)
+        try:
+            torch.broadcast_shapes(theta.shape[:-1], batch)
+        except RuntimeError:
+            raise ValueError(
+                f"theta has batch shape {tuple(theta.shape[:-1])} and x has batch shape {tuple(batch)}, "
+                "which do not broadcast; pass theta (n, m, D) for a batch of m observations."
+            ) from None
+        with torch.no_grad():
+            return self(x).log_prob(theta)
+
+    def to_arviz(self, x: object, num_samples: int = 1000, num_chains: int = 4):
+        r"""Samples :math:`p(\theta | x)` for one observation into an arviz InferenceData.
+
+        The i.i.d. samples are split into ``num_chains`` chains, so that arviz's
+        split-:math:`\hat{R}` and ESS apply. The InferenceData has a ``posterior``
+        group with one variable per parameter and an ``observed_data`` group.
+        """
+
+        from . import _arviz
+
+        num_samples = check_count(num_samples, "num_samples")
+        num_chains = check_count(num_chains, "num_chains")
+        if num_samples % num_chains:
+            raise ValueError(
+                f"num_samples ({num_samples}) must be a multiple of num_chains ({num_chains})."
+            )
+        x, batch = check_x(x, self.x_shape)
+        if batch != Size():
+            raise ValueError(f"to_arviz takes one observation of shape {tuple(self.x_shape)}, got {tuple(x.shape)}.")
+        samples = self.sample(num_samples, x).reshape(num_chains, -1, self.theta_dim)
+        return _arviz.posterior_to_inference_data(
+            samples.numpy(), self.parameter_names, x.numpy(), attrs={"inference": self.kind}
+        )
+
+    def save(self, path) -> None:
+        r"""Writes the posterior to ``path`` (see :func:`sbikit.save`)."""
+
+        from .io import save
+
+        save(self, path)

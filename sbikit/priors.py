@@ -1,0 +1,230 @@
+r"""Priors, and the map between a prior's support and unconstrained space.
+
+Any :class:`torch.distributions.Distribution` with a ``support`` and event shape
+:math:`(D,)` can serve as a prior. Estimators learn in the unconstrained space
+:math:`u = T^{-1}(\theta)`, where :math:`T` is :func:`torch.distributions.biject_to`
+of the support, so that every sample mapped back through :math:`T` lies in the
+support and densities carry the Jacobian :math:`|\det J_T|`.
+"""
+
+__all__ = [
+    "BoxUniform",
+    "ProductPrior",
+    "check_prior",
+    "to_unconstrained",
+    "support_bounds",
+    "in_support",
+]
+
+import torch
+
+from torch import Tensor
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Transform,
+    Uniform,
+    biject_to,
+    constraints,
+)
+from torch.distributions.transforms import IndependentTransform
+
+
+class BoxUniform(Independent):
+    r"""Uniform prior over the box :math:`[low, high]`.
+
+    Arguments:
+        low: The lower bounds, with shape :math:`(D,)`.
+        high: The upper bounds, with shape :math:`(D,)`.
+
+    Example:
+        >>> prior = BoxUniform(low=-torch.ones(2), high=torch.ones(2))
+        >>> prior.sample((4,)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, low: Tensor, high: Tensor) -> None:
+        low = torch.as_tensor(low, dtype=torch.get_default_dtype())
+        high = torch.as_tensor(high, dtype=torch.get_default_dtype())
+        if low.ndim != 1 or low.shape != high.shape:
+            raise ValueError(
+                f"BoxUniform needs 1-D 'low' and 'high' of the same shape (D,), "
+                f"got {tuple(low.shape)} and {tuple(high.shape)}."
+            )
+        if not bool((low < high).all()):
+            raise ValueError("BoxUniform needs low < high in every dimension.")
+        super().__init__(Uniform(low, high), 1)
+
+    @property
+    def low(self) -> Tensor:
+        return self.base_dist.low
+
+    @property
+    def high(self) -> Tensor:
+        return self.base_dist.high
+
+    def __repr__(self) -> str:
+        return f"BoxUniform(low={self.low.tolist()}, high={self.high.tolist()})"
+
+
+class ProductPrior(Distribution):
+    r"""Independent product of 1-D priors, each with its own support.
+
+    Arguments:
+        marginals: Distributions with scalar event shape and batch shape :math:`()`
+            or :math:`(k,)`; their values are concatenated in order.
+
+    Example:
+        >>> from torch.distributions import LogNormal, Normal, Uniform
+        >>> prior = ProductPrior([LogNormal(0.0, 1.0), Uniform(0.0, 1.0), Normal(0.0, 2.0)])
+        >>> theta = prior.sample((5,))
+        >>> theta.shape, prior.log_prob(theta).shape
+        (torch.Size([5, 3]), torch.Size([5]))
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, marginals: list[Distribution]) -> None:
+        marginals = list(marginals)
+        if not marginals:
+            raise ValueError("ProductPrior needs at least one marginal distribution.")
+        lengths = []
+        for i, m in enumerate(marginals):
+            if not isinstance(m, Distribution):
+                raise TypeError(f"marginals[{i}] must be a torch Distribution, got {type(m).__name__}.")
+            if m.event_shape != torch.Size() or len(m.batch_shape) > 1:
+                raise ValueError(
+                    f"marginals[{i}] must be 1-D: event shape () and batch shape () or (k,), "
+                    f"got event shape {tuple(m.event_shape)} and batch shape {tuple(m.batch_shape)}."
+                )
+            check_prior(m, name=f"marginals[{i}]", scalar=True)
+            lengths.append(m.batch_shape[0] if m.batch_shape else 1)
+        self.marginals = marginals
+        self.lengths = lengths
+        support = constraints.cat([m.support for m in marginals], dim=-1, lengths=lengths)
+        self._support = constraints.independent(support, 1)
+        super().__init__(event_shape=torch.Size([sum(lengths)]), validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self._support
+
+    def _split(self, value: Tensor) -> list[Tensor]:
+        parts = value.split(self.lengths, dim=-1)
+        return [p if m.batch_shape else p.squeeze(-1) for p, m in zip(parts, self.marginals)]
+
+    def _join(self, parts: list[Tensor]) -> Tensor:
+        return torch.cat(
+            [p if m.batch_shape else p.unsqueeze(-1) for p, m in zip(parts, self.marginals)], dim=-1
+        )
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self._join([m.sample(sample_shape) for m in self.marginals])
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        terms = [m.log_prob(p) for m, p in zip(self.marginals, self._split(value))]
+        return sum(t if m.batch_shape == () else t.sum(-1) for t, m in zip(terms, self.marginals))
+
+    @property
+    def mean(self) -> Tensor:
+        return self._join([m.mean for m in self.marginals])
+
+    @property
+    def variance(self) -> Tensor:
+        return self._join([m.variance for m in self.marginals])
+
+    def __repr__(self) -> str:
+        return f"ProductPrior({self.marginals})"
+
+
+def check_prior(prior: object, name: str = "prior", scalar: bool = False) -> Distribution:
+    r"""Checks that ``prior`` is a distribution over vectors with a known support.
+
+    Raises:
+        TypeError: If ``prior`` is not a :class:`torch.distributions.Distribution`.
+        ValueError: If it has no ``support``, or its event shape is not :math:`(D,)`.
+    """
+
+    if not isinstance(prior, Distribution):
+        raise TypeError(f"{name} must be a torch.distributions.Distribution, got {type(prior).__name__}.")
+    try:
+        support = prior.support
+    except NotImplementedError:
+        support = None
+    if not isinstance(support, constraints.Constraint):
+        raise ValueError(
+            f"{name} ({type(prior).__name__}) has no 'support'; sbikit maps the support to "
+            "unconstrained space, so define a 'support' property returning a torch constraint."
+        )
+    if not scalar:
+        if len(prior.event_shape) != 1 or prior.batch_shape != torch.Size():
+            raise ValueError(
+                f"{name} must have event shape (D,) and batch shape (), got event shape "
+                f"{tuple(prior.event_shape)} and batch shape {tuple(prior.batch_shape)}; "
+                "wrap scalar distributions in BoxUniform, ProductPrior or torch Independent."
+            )
+    try:
+        biject_to(support)
+    except NotImplementedError:
+        raise ValueError(f"{name} has support {support}, which has no map to unconstrained space.") from None
+    return prior
+
+
+def to_unconstrained(prior: Distribution) -> Transform:
+    r"""Returns the bijection :math:`T` from unconstrained vectors to the prior's support.
+
+    The transform acts on whole vectors (``event_dim == 1``), so its
+    ``log_abs_det_jacobian`` has shape :math:`(*)` for inputs :math:`(*, D)`.
+
+    Example:
+        >>> T = to_unconstrained(BoxUniform(-torch.ones(2), torch.ones(2)))
+        >>> T(torch.zeros(2))
+        tensor([0., 0.])
+    """
+
+    transform = biject_to(prior.support)
+    missing = len(prior.event_shape) - transform.codomain.event_dim
+    if missing > 0:
+        transform = IndependentTransform(transform, missing)
+    return transform
+
+
+def _bounds(support: constraints.Constraint, size: int) -> tuple[Tensor, Tensor] | None:
+    if isinstance(support, constraints.independent):
+        return _bounds(support.base_constraint, size)
+    if isinstance(support, constraints.cat):
+        parts = [_bounds(c, n) for c, n in zip(support.cseq, support.lengths)]
+        if any(p is None for p in parts):
+            return None
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if support is constraints.real or isinstance(support, type(constraints.real_vector)):
+        lower, upper = -torch.inf, torch.inf
+    elif hasattr(support, "lower_bound") or hasattr(support, "upper_bound"):
+        lower = getattr(support, "lower_bound", -torch.inf)
+        upper = getattr(support, "upper_bound", torch.inf)
+    else:
+        return None
+    lower = torch.as_tensor(lower, dtype=torch.float64).expand(size).clone()
+    upper = torch.as_tensor(upper, dtype=torch.float64).expand(size).clone()
+    return lower, upper
+
+
+def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor] | None:
+    r"""Returns per-dimension bounds ``(lower, upper)`` of a box-shaped support, else None.
+
+    Example:
+        >>> support_bounds(BoxUniform(-torch.ones(2), 2 * torch.ones(2)))
+        (tensor([-1., -1.], dtype=torch.float64), tensor([2., 2.], dtype=torch.float64))
+    """
+
+    return _bounds(prior.support, prior.event_shape[0])
+
+
+def in_support(prior: Distribution, theta: Tensor) -> Tensor:
+    r"""Returns whether each row of ``theta`` :math:`(*, D)` lies in the support, :math:`(*)`."""
+
+    inside = prior.support.check(theta)
+    if inside.ndim == theta.ndim:  # elementwise constraints report per dimension
+        inside = inside.all(-1)
+    return inside & torch.isfinite(theta).all(-1)

@@ -1,0 +1,6 @@
+r"""Simulation runs: per-simulation seeds, reproducible batches, failure records."""
+
+__all__ = ["simulate", "simulation_seed"]
+
+from .seeds import simulation_seed
+from .simulate import simulate

@@ -1,0 +1,170 @@
+r"""One training loop for every estimator.
+
+An estimator is an :class:`torch.nn.Module` with a method ``loss(*tensors)`` that
+returns one loss per row, :math:`(B,)`. :func:`fit` minimizes its mean over
+mini-batches sliced from in-memory tensors, holds out a validation split, stops
+early and restores the weights with the best validation loss.
+"""
+
+__all__ = ["TrainConfig", "fit"]
+
+import copy
+import dataclasses
+import math
+import torch
+import torch.nn as nn
+
+from dataclasses import dataclass
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import TrainingError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r"""Training settings.
+
+    Arguments:
+        batch_size: The number of rows per gradient step.
+        learning_rate: Adam's initial learning rate, decayed by a cosine schedule
+            over ``max_epochs``.
+        max_epochs: The most passes over the training rows.
+        patience: Stop after this many epochs without a better validation loss.
+        validation_fraction: The share of rows held out for early stopping.
+        clip_norm: The largest gradient norm; larger gradients are scaled down.
+        max_nonfinite: Abort after this many non-finite losses in a row.
+        weight_decay: AdamW's decoupled weight decay.
+        seed: Seeds the split, the shuffling and the network's initialization.
+        device: Where to train, for example ``"cpu"`` or ``"cuda"``.
+        show_progress: Whether to show a progress bar; None shows one on a terminal.
+
+    Example:
+        >>> TrainConfig(batch_size=128).batch_size
+        128
+    """
+
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    max_epochs: int = 300
+    patience: int = 20
+    validation_fraction: float = 0.1
+    clip_norm: float = 5.0
+    max_nonfinite: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    show_progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience", "max_nonfinite"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}.")
+        for name in ("learning_rate", "clip_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}.")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"TrainConfig.validation_fraction must lie in (0, 1), got {self.validation_fraction!r}."
+            )
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
+        torch.device(self.device)  # raises for an unknown device string
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(tensors[0]), batch_size):
+            losses = module.loss(*(t[start : start + batch_size] for t in tensors))
+            total += float(losses.sum())
+            count += len(losses)
+    return total / count
+
+
+def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> dict:
+    r"""Trains ``module`` by minimizing ``module.loss(*tensors)``.
+
+    Arguments:
+        module: An estimator with a ``loss`` method returning :math:`(B,)`.
+        tensors: Training tensors with a common first dimension :math:`N`.
+        config: The training settings.
+
+    Returns:
+        The history: per-epoch ``train_loss`` and ``validation_loss``, the
+        ``best_epoch``, the number of ``epochs`` run and of ``skipped_steps``.
+
+    Raises:
+        TrainingError: After ``config.max_nonfinite`` non-finite losses in a row.
+    """
+
+    device = torch.device(config.device)
+    n = len(tensors[0])
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n, generator=generator)
+    n_val = max(1, int(round(n * config.validation_fraction)))
+    if n - n_val < 1:
+        raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
+    val = [t[order[:n_val]].to(device) for t in tensors]
+    train = [t[order[n_val:]].to(device) for t in tensors]
+    n_train = n - n_val
+
+    module.to(device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+    history = {"train_loss": [], "validation_loss": [], "best_epoch": 0, "epochs": 0, "skipped_steps": 0}
+    best, best_state, stale, nonfinite = math.inf, None, 0, 0
+    disable = None if config.show_progress is None else not config.show_progress
+
+    with tqdm(range(config.max_epochs), desc="training", unit="epoch", disable=disable) as bar:
+        for epoch in bar:
+            module.train()
+            perm = torch.randperm(n_train, generator=generator).to(device)
+            total, count = 0.0, 0
+            for start in range(0, n_train, config.batch_size):
+                index = perm[start : start + config.batch_size]
+                loss = module.loss(*(t[index] for t in train)).mean()
+                if not torch.isfinite(loss):
+                    history["skipped_steps"] += 1
+                    nonfinite += 1
+                    if nonfinite >= config.max_nonfinite:
+                        raise TrainingError(
+                            f"{nonfinite} non-finite losses in a row at epoch {epoch}; check the data for "
+                            "extreme values, or lower TrainConfig.learning_rate."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                nonfinite = 0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
+                optimizer.step()
+                total += float(loss.detach()) * len(index)
+                count += len(index)
+            scheduler.step()
+
+            module.eval()
+            val_loss = _mean_loss(module, val, max(config.batch_size, 1024))
+            history["train_loss"].append(total / max(count, 1))
+            history["validation_loss"].append(val_loss)
+            history["epochs"] = epoch + 1
+            if val_loss < best:
+                best, stale = val_loss, 0
+                history["best_epoch"] = epoch
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                stale += 1
+            bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
+            if stale >= config.patience:
+                break
+
+    if best_state is None:
+        raise TrainingError("the validation loss was never finite; no weights to keep.")
+    module.load_state_dict(best_state)
+    module.eval()
+    return history

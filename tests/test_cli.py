@@ -1,0 +1,18 @@
+import pytest
+
+from sbikit.cli import main
+
+
+def test_demo_writes_its_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--num-simulations", "400", "--num-samples", "400", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "r_hat" in text and "theta_0" in text and str(out) in text
+    for name in ("pair_plot.png", "posterior.nc", "posterior.sbk"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "pair_plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_command():
+    with pytest.raises(SystemExit):
+        main(["nope"])

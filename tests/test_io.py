@@ -1,0 +1,151 @@
+import json
+import pickle
+import pytest
+import torch
+import zipfile
+
+from torch.distributions import Distribution, Independent, LogNormal, Normal, constraints
+
+import sbikit
+
+from sbikit.io import FORMAT_VERSION, prior_from_spec, prior_spec
+
+from conftest import noisy
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    prior = sbikit.BoxUniform(low=-2 * torch.ones(3), high=2 * torch.ones(3))
+    data = sbikit.simulate(noisy, prior, 300, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=3, show_progress=False)).fit(data)
+    path = tmp_path_factory.mktemp("io") / "posterior.sbk"
+    posterior.save(path)
+    return posterior, path
+
+
+def test_round_trip(saved):
+    posterior, path = saved
+    loaded = sbikit.load(path)
+    theta, x = torch.zeros(4, 3), torch.tensor([0.1, 0.2, 0.3])
+    assert torch.equal(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
+    torch.manual_seed(0)
+    a = loaded.sample(10, x=x)
+    torch.manual_seed(0)
+    b = posterior.sample(10, x=x)
+    assert torch.equal(a, b)
+    assert loaded.history == posterior.history
+    assert loaded.parameter_names == posterior.parameter_names
+
+
+def test_file_is_a_versioned_config_and_state_dict(saved):
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "sbikit" and payload["version"] == FORMAT_VERSION
+    config = json.loads(payload["config"])
+    assert config["kind"] == "NPE" and config["prior"]["type"] == "BoxUniform"
+    assert all(torch.is_tensor(v) for v in payload["state_dict"].values())
+
+
+def test_no_temporary_files_are_left(saved):
+    _, path = saved
+    assert sorted(p.name for p in path.parent.iterdir()) == ["posterior.sbk"]
+
+
+def test_truncated_file(saved, tmp_path):
+    _, path = saved
+    data = path.read_bytes()
+    broken = tmp_path / "broken.sbk"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(sbikit.FormatError, match="not a readable sbikit file"):
+        sbikit.load(broken)
+
+
+def test_foreign_files(tmp_path):
+    text = tmp_path / "notes.sbk"
+    text.write_text("hello")
+    with pytest.raises(sbikit.FormatError, match="not a readable sbikit file"):
+        sbikit.load(text)
+    state = tmp_path / "state.pt"
+    torch.save({"weight": torch.zeros(2)}, state)
+    with pytest.raises(sbikit.FormatError, match="not an sbikit file"):
+        sbikit.load(state)
+    with pytest.raises(FileNotFoundError):
+        sbikit.load(tmp_path / "missing.sbk")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_arbitrary_pickles_are_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.sbk"
+    torch.save({"format": "sbikit", "version": 1, "config": "{}", "state_dict": Exploit()}, path)
+    with pytest.raises(sbikit.FormatError):
+        sbikit.load(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_newer_format_is_refused_naming_both_versions(saved, tmp_path):
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = FORMAT_VERSION + 1
+    newer = tmp_path / "newer.sbk"
+    torch.save(payload, newer)
+    with pytest.raises(sbikit.FormatError, match=rf"format version {FORMAT_VERSION + 1}.*\({FORMAT_VERSION}\)"):
+        sbikit.load(newer)
+
+
+def test_builders_outside_sbikit_and_zuko_are_never_imported(saved, tmp_path):
+    _, path = saved
+    payload = torch.load(path, weights_only=True)
+    config = json.loads(payload["config"])
+    config["flow"] = {"target": "os:system", "kwargs": {}}
+    payload["config"] = json.dumps(config)
+    evil = tmp_path / "evil.sbk"
+    torch.save(payload, evil)
+    with pytest.raises(sbikit.FormatError, match="refusing to import 'os:system'"):
+        sbikit.load(evil)
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        sbikit.BoxUniform(-torch.ones(2), torch.ones(2)),
+        sbikit.ProductPrior([LogNormal(0.0, 1.0), Normal(1.0, 2.0)]),
+        Independent(Normal(torch.zeros(3), torch.ones(3)), 1),
+        torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2) * 2),
+    ],
+)
+def test_prior_specs_rebuild_the_same_distribution(prior):
+    spec = prior_spec(prior)
+    assert spec is not None
+    rebuilt = prior_from_spec(json.loads(json.dumps(spec)))
+    theta = prior.sample((10,))
+    assert torch.allclose(rebuilt.log_prob(theta), prior.log_prob(theta))
+
+
+class Custom(Distribution):
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(self):
+        super().__init__(event_shape=torch.Size([3]), validate_args=False)
+
+    def sample(self, shape=torch.Size()):
+        return torch.randn(*shape, 3)
+
+    def log_prob(self, value):
+        return Normal(0.0, 1.0).log_prob(value).sum(-1)
+
+
+def test_custom_prior_must_be_passed_again(tmp_path):
+    prior = Custom()
+    data = sbikit.simulate(noisy, prior, 100, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=1, show_progress=False)).fit(data)
+    posterior.save(tmp_path / "p.sbk")
+    with pytest.raises(sbikit.FormatError, match=r"custom prior.*sbikit.load\(path, prior=...\)"):
+        sbikit.load(tmp_path / "p.sbk")
+    loaded = sbikit.load(tmp_path / "p.sbk", prior=prior)
+    assert torch.equal(loaded.log_prob(torch.zeros(3), x=torch.zeros(3)), posterior.log_prob(torch.zeros(3), x=torch.zeros(3)))

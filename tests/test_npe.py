@@ -1,0 +1,323 @@
+import functools
+import math
+import pytest
+import torch
+import torch.nn as nn
+import zuko
+
+import sbikit
+
+from sbikit.train import TrainConfig, fit
+
+from conftest import noisy
+
+
+@pytest.fixture(scope="module")
+def trained():
+    prior = sbikit.BoxUniform(low=-2 * torch.ones(3), high=2 * torch.ones(3))
+    data = sbikit.simulate(noisy, prior, 1000, seed=0, show_progress=False)
+    config = TrainConfig(max_epochs=15, show_progress=False)
+    return prior, data, sbikit.NPE(prior, training=config).fit(data)
+
+
+def test_sample_and_log_prob_shapes(trained):
+    _, _, posterior = trained
+    x = torch.tensor([0.5, -0.2, 1.0])
+    assert posterior.sample(11, x=x).shape == (11, 3)
+    assert posterior.log_prob(torch.zeros(11, 3), x=x).shape == (11,)
+    xs = torch.randn(4, 3)
+    samples = posterior.sample(11, x=xs)
+    assert samples.shape == (11, 4, 3)
+    assert posterior.log_prob(samples, x=xs).shape == (11, 4)
+    assert posterior.log_prob(torch.zeros(3), x=x).shape == ()
+
+
+def test_batched_sampling_matches_one_by_one(trained):
+    _, _, posterior = trained
+    xs = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 0.0, 1.5]])
+    batch = posterior.sample(4000, x=xs)
+    for j in range(2):
+        single = posterior.sample(4000, x=xs[j])
+        assert torch.allclose(batch[:, j].mean(0), single.mean(0), atol=0.05)
+        theta = single[:5]
+        assert torch.allclose(
+            posterior.log_prob(theta.unsqueeze(1).expand(5, 2, 3), x=xs)[:, j], posterior.log_prob(theta, x=xs[j]), atol=1e-4
+        )
+
+
+def test_forward_returns_a_distribution(trained):
+    _, _, posterior = trained
+    dist = posterior(torch.zeros(3))
+    assert isinstance(dist, torch.distributions.Distribution)
+    assert dist.event_shape == (3,) and dist.batch_shape == ()
+
+
+def test_history_and_standardization_are_kept(trained):
+    _, data, posterior = trained
+    history = posterior.history
+    assert len(history["train_loss"]) == len(history["validation_loss"]) == history["epochs"]
+    assert history["validation_loss"][history["best_epoch"]] == min(history["validation_loss"])
+    assert torch.allclose(posterior.x_loc, data.x.mean(0), atol=1e-5)
+    assert torch.allclose(posterior.x_scale, data.x.std(0), atol=1e-5)
+    state = posterior.state_dict()
+    assert {"theta_loc", "theta_scale", "x_loc", "x_scale"} <= set(state)
+
+
+def test_training_is_seeded(box3):
+    data = sbikit.simulate(noisy, box3, 300, seed=0, show_progress=False)
+    config = TrainConfig(max_epochs=2, show_progress=False, seed=7)
+    a = sbikit.NPE(box3, training=config).fit(data)
+    b = sbikit.NPE(box3, training=config).fit(data)
+    c = sbikit.NPE(box3, training=TrainConfig(max_epochs=2, show_progress=False, seed=8)).fit(data)
+    theta = box3.sample((5,))
+    assert torch.equal(a.log_prob(theta, x=data.x[0]), b.log_prob(theta, x=data.x[0]))
+    assert not torch.equal(a.log_prob(theta, x=data.x[0]), c.log_prob(theta, x=data.x[0]))
+
+
+def test_fit_leaves_the_recipe_reusable(box3, quick):
+    summary = sbikit.nn.MLP(3, out_features=4)
+    before = [p.clone() for p in summary.parameters()]
+    npe = sbikit.NPE(box3, summary=summary, training=quick)
+    data = sbikit.simulate(noisy, box3, 200, seed=0, show_progress=False)
+    posterior = npe.fit(data)
+    assert all(torch.equal(a, b) for a, b in zip(before, summary.parameters()))
+    trained = list(posterior.summary.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained)), "the summary was not trained"
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        sbikit.coupling_flow,
+        sbikit.affine_coupling_flow,
+        functools.partial(sbikit.coupling_flow, transforms=2, bins=4),
+        zuko.flows.MAF,
+        functools.partial(zuko.flows.NSF, transforms=2),
+    ],
+    ids=["spline-coupling", "affine-coupling", "spline-coupling-partial", "maf", "nsf"],
+)
+def test_every_flow_builder_trains_samples_and_round_trips(box3, quick, flow, tmp_path):
+    data = sbikit.simulate(noisy, box3, 300, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, flow=flow, training=quick).fit(data)
+    x = data.x[0]
+    samples = posterior.sample(50, x=x)
+    assert samples.shape == (50, 3) and bool(box3.support.check(samples).all())
+    log_p = posterior.log_prob(samples, x=x)
+    assert torch.isfinite(log_p).all()
+    posterior.save(tmp_path / "p.sbk")
+    loaded = sbikit.load(tmp_path / "p.sbk")
+    assert torch.allclose(loaded.log_prob(samples, x=x), log_p, atol=1e-5)
+
+
+def test_one_parameter(quick):
+    prior = sbikit.BoxUniform(torch.zeros(1), torch.ones(1))
+    data = sbikit.simulate(lambda t: t + 0.05 * torch.randn(len(t), 2), prior, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=quick).fit(data)
+    assert posterior.sample(7, x=torch.tensor([0.5, 0.5])).shape == (7, 1)
+
+
+class SetSummary(nn.Module):
+    """A custom summary network for (B, M, 2) sets: mean-pooled MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        return self.phi(x).mean(-2)
+
+
+def test_custom_summary_on_structured_x(box3, quick, tmp_path):
+    def members(theta):
+        return theta[:, None, :2] + 0.1 * torch.randn(len(theta), 6, 2)
+
+    data = sbikit.simulate(members, box3, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, summary=SetSummary(), training=quick).fit(data)
+    assert posterior.sample(3, x=data.x[:4]).shape == (3, 4, 3)
+    posterior.save(tmp_path / "set.sbk")
+    with pytest.raises(sbikit.FormatError, match="custom summary"):
+        sbikit.load(tmp_path / "set.sbk")
+    loaded = sbikit.load(tmp_path / "set.sbk", summary=SetSummary())
+    theta = box3.sample((4,))
+    assert torch.allclose(loaded.log_prob(theta, x=data.x[0]), posterior.log_prob(theta, x=data.x[0]))
+
+
+def test_default_mlp_accepts_multidimensional_x(box3, quick):
+    data = sbikit.simulate(lambda t: t.unsqueeze(1).repeat(1, 4, 1), box3, 100, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, training=quick).fit(data)
+    assert posterior.sample(2, x=torch.zeros(5, 4, 3)).shape == (2, 5, 3)
+
+
+def test_summary_with_a_wrong_output_is_an_error(box3, quick):
+    data = sbikit.simulate(noisy, box3, 50, seed=0, show_progress=False)
+    with pytest.raises(ValueError, match=r"summary must map observations \(B, 3\)"):
+        sbikit.NPE(box3, summary=nn.Flatten(0), training=quick).fit(data)
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+def test_theta_and_x_with_different_row_counts():
+    with pytest.raises(ValueError, match=r"same number of rows.*\(10, 3\).*\(9, 3\)"):
+        sbikit.Simulations(theta=torch.zeros(10, 3), x=torch.zeros(9, 3))
+
+
+def test_simulations_shapes_and_dtypes():
+    with pytest.raises(ValueError, match=r"theta must have shape \(N, D\)"):
+        sbikit.Simulations(theta=torch.zeros(10), x=torch.zeros(10, 3))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, \*\)"):
+        sbikit.Simulations(theta=torch.zeros(10, 1), x=torch.zeros(10))
+    with pytest.raises(TypeError, match="theta must hold real numbers"):
+        sbikit.Simulations(theta=torch.zeros(10, 1, dtype=torch.complex64), x=torch.zeros(10, 1))
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        sbikit.Simulations(theta=torch.zeros(2, 1), x=[["a"], ["b"]])
+
+
+def test_x_obs_with_the_wrong_shape(trained):
+    _, _, posterior = trained
+    with pytest.raises(ValueError, match=r"x has shape \(4,\) but the simulator produced outputs of shape \(3,\)"):
+        posterior.sample(10, x=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 2\)"):
+        posterior.log_prob(torch.zeros(3), x=torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("bad", [torch.nan, torch.inf])
+def test_non_finite_x_obs(trained, bad):
+    _, _, posterior = trained
+    x = torch.tensor([0.0, bad, 1.0])
+    with pytest.raises(ValueError, match="x contains (NaN|inf)"):
+        posterior.sample(10, x=x)
+    with pytest.raises(ValueError, match="x contains"):
+        posterior.to_arviz(x)
+
+
+def test_theta_dimension_differs_from_the_prior(trained, box3, quick):
+    prior, data, posterior = trained
+    with pytest.raises(ValueError, match=r"theta has shape \(5, 2\) but the prior has 3 dimensions"):
+        posterior.log_prob(torch.zeros(5, 2), x=torch.zeros(3))
+    wrong = sbikit.Simulations(theta=torch.zeros(10, 2), x=torch.zeros(10, 3))
+    with pytest.raises(ValueError, match=r"data.theta has shape \(10, 2\) but the prior has 3 dimensions"):
+        sbikit.NPE(box3, training=quick).fit(wrong)
+
+
+def test_theta_outside_the_support(box3, quick):
+    theta = torch.zeros(10, 3)
+    theta[4, 1] = 3.0
+    with pytest.raises(ValueError, match=r"1 rows of theta lie outside the prior's support \(row 4"):
+        sbikit.NPE(box3, training=quick).fit(sbikit.Simulations(theta=theta, x=theta))
+
+
+def test_log_prob_outside_the_support_is_minus_infinity(trained):
+    _, _, posterior = trained
+    theta = torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.5, 0.0]])
+    log_p = posterior.log_prob(theta, x=torch.zeros(3))
+    assert math.isfinite(log_p[0]) and log_p[1] == -math.inf
+
+
+def test_fit_needs_simulations(box3):
+    with pytest.raises(TypeError, match=r"sbikit.Simulations\(theta=theta, x=x\)"):
+        sbikit.NPE(box3).fit((torch.zeros(5, 3), torch.zeros(5, 3)))
+
+
+def test_bad_options(box3):
+    with pytest.raises(TypeError, match="summary must be a torch.nn.Module"):
+        sbikit.NPE(box3, summary=lambda x: x)
+    with pytest.raises(TypeError, match="flow must be a builder"):
+        sbikit.NPE(box3, flow="nsf")
+    with pytest.raises(ValueError, match="parameter_names must be 3 distinct strings"):
+        sbikit.NPE(box3, parameter_names=["a", "a", "b"])
+    with pytest.raises(ValueError, match="TrainConfig.batch_size must be a positive int"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TrainConfig(validation_fraction=1.0)
+
+
+def test_bad_num_samples(trained):
+    _, _, posterior = trained
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        posterior.sample(0, x=torch.zeros(3))
+
+
+# ---- the training loop -------------------------------------------------------------------
+
+
+class Quadratic(nn.Module):
+    def __init__(self, fail_from=None):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([3.0]))
+        self.fail_from = fail_from
+        self.calls = 0
+
+    def loss(self, x):
+        self.calls += 1
+        out = (x[:, 0] - self.w) ** 2
+        if self.fail_from is not None and self.calls >= self.fail_from:
+            return out * torch.nan
+        return out
+
+
+def test_fit_restores_the_best_weights_and_stops_early():
+    module = Quadratic()
+    data = (torch.randn(400, 1),)
+    history = fit(module, data, TrainConfig(max_epochs=200, patience=3, learning_rate=0.5, show_progress=False))
+    assert history["epochs"] < 200
+    assert abs(float(module.w.detach())) < 0.3
+    best = history["best_epoch"]
+    assert history["validation_loss"][best] == min(history["validation_loss"])
+
+
+def test_non_finite_losses_are_skipped_then_abort():
+    from sbikit.errors import TrainingError
+
+    module = Quadratic(fail_from=5)
+    with pytest.raises(TrainingError, match="4 non-finite losses in a row"):
+        fit(module, (torch.randn(400, 1),), TrainConfig(max_nonfinite=4, batch_size=32, show_progress=False))
+
+
+def test_gradients_are_clipped(monkeypatch):
+    import sbikit.train
+
+    norms = []
+    real = sbikit.train.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm):
+        parameters = list(parameters)
+        total = real(parameters, max_norm)
+        norms.append((float(total), float(torch.cat([p.grad.flatten() for p in parameters]).norm()), max_norm))
+        return total
+
+    monkeypatch.setattr(sbikit.train.nn.utils, "clip_grad_norm_", spy)
+    fit(Quadratic(), (100 * torch.randn(64, 1),), TrainConfig(max_epochs=1, clip_norm=0.5, show_progress=False))
+    assert norms and all(after <= 0.5 + 1e-4 and limit == 0.5 for _, after, limit in norms)
+    assert any(before > 0.5 for before, _, _ in norms)
+
+
+def test_no_dataloader_is_used(box3, quick, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("training must slice in-memory tensors")
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", forbidden)
+    data = sbikit.simulate(noisy, box3, 100, seed=0, show_progress=False)
+    sbikit.NPE(box3, training=quick).fit(data)
+
+
+def test_training_is_silent_when_not_a_terminal(box3, capsys):
+    data = sbikit.simulate(noisy, box3, 100, seed=0)
+    sbikit.NPE(box3, training=TrainConfig(max_epochs=2)).fit(data)
+    assert capsys.readouterr().err == ""
+
+
+def test_device_selection(box3):
+    data = sbikit.simulate(noisy, box3, 100, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, training=TrainConfig(max_epochs=1, device="cpu", show_progress=False)).fit(data)
+    assert posterior.device.type == "cpu"
+    with pytest.raises(RuntimeError):
+        TrainConfig(device="no-such-device")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_and_sampling_on_cuda(box3):
+    data = sbikit.simulate(noisy, box3, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, training=TrainConfig(max_epochs=2, device="cuda", show_progress=False)).fit(data)
+    assert posterior.device.type == "cuda"
+    assert posterior.sample(10, x=data.x[0]).shape == (10, 3)

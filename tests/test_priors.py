@@ -1,0 +1,98 @@
+import math
+import pytest
+import torch
+
+from torch.distributions import Independent, LogNormal, Normal, Uniform
+
+import sbikit
+
+from sbikit.priors import check_prior, to_unconstrained
+
+from conftest import noisy
+
+
+def product():
+    return sbikit.ProductPrior([LogNormal(0.0, 0.5), Uniform(-1.0, 3.0), Normal(0.0, 2.0)])
+
+
+def test_product_prior_samples_and_density():
+    prior = product()
+    theta = prior.sample((1000,))
+    assert theta.shape == (1000, 3)
+    assert bool((theta[:, 0] > 0).all()) and bool(((theta[:, 1] > -1) & (theta[:, 1] < 3)).all())
+    expected = LogNormal(0.0, 0.5).log_prob(theta[:, 0]) + Uniform(-1.0, 3.0).log_prob(theta[:, 1]) + Normal(0.0, 2.0).log_prob(theta[:, 2])
+    assert torch.allclose(prior.log_prob(theta), expected)
+
+
+@pytest.mark.parametrize("prior", [product(), sbikit.BoxUniform(-torch.ones(2), torch.ones(2)), Independent(Normal(torch.zeros(2), 1.0), 1)])
+def test_unconstrained_map_round_trips(prior):
+    transform = to_unconstrained(prior)
+    theta = prior.sample((100,))
+    assert torch.allclose(transform(transform.inv(theta)), theta, atol=1e-5)
+    assert transform.log_abs_det_jacobian(transform.inv(theta), theta).shape == (100,)
+
+
+def test_check_prior_errors():
+    with pytest.raises(TypeError, match="prior must be a torch.distributions.Distribution"):
+        check_prior([0, 1])
+    with pytest.raises(ValueError, match=r"event shape \(D,\)"):
+        check_prior(Normal(0.0, 1.0))
+    with pytest.raises(ValueError, match="marginals\\[1\\] must be 1-D"):
+        sbikit.ProductPrior([Normal(0.0, 1.0), Independent(Normal(torch.zeros(2), 1.0), 1)])
+    with pytest.raises(ValueError, match="low < high"):
+        sbikit.BoxUniform(torch.ones(2), torch.ones(2))
+
+
+@pytest.fixture(scope="module")
+def product_posterior():
+    prior = product()
+    data = sbikit.simulate(noisy, prior, 500, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(max_epochs=3, show_progress=False)
+    return prior, data, sbikit.NPE(prior, training=config).fit(data)
+
+
+def test_samples_never_leave_the_support(product_posterior):
+    prior, data, posterior = product_posterior
+    # observations far outside the training data push the flow to extremes
+    x = torch.tensor([[50.0, -40.0, 0.0], [-1e3, 1e3, 1e3]])
+    samples = posterior.sample(20_000, x=x)
+    assert bool(torch.isfinite(samples).all())
+    assert bool((samples[..., 0] > 0).all())
+    assert bool(((samples[..., 1] > -1) & (samples[..., 1] < 3)).all())
+    assert bool(torch.isfinite(prior.log_prob(samples)).all())
+
+
+def test_box_samples_are_strictly_inside():
+    prior = sbikit.BoxUniform(torch.zeros(2), torch.ones(2))
+    data = sbikit.simulate(lambda t: t + 0.01 * torch.randn_like(t), prior, 300, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=2, show_progress=False)).fit(data)
+    samples = posterior.sample(50_000, x=torch.tensor([40.0, -40.0]))
+    assert bool(((samples > 0) & (samples < 1)).all())
+    assert bool(torch.isfinite(posterior.log_prob(samples, x=torch.tensor([40.0, -40.0]))).all())
+
+
+def _grid_integral(posterior, x, lows, highs, n=400):
+    a = torch.linspace(lows[0], highs[0], n + 1)
+    b = torch.linspace(lows[1], highs[1], n + 1)
+    a, b = (a[1:] + a[:-1]) / 2, (b[1:] + b[:-1]) / 2
+    grid = torch.stack(torch.meshgrid(a, b, indexing="ij"), -1).reshape(-1, 2)
+    cell = (highs[0] - lows[0]) * (highs[1] - lows[1]) / n**2
+    return float(posterior.log_prob(grid, x=x).double().exp().sum() * cell)
+
+
+def test_log_prob_is_a_normalized_density_on_a_box():
+    prior = sbikit.BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2))
+    data = sbikit.simulate(lambda t: t + 0.3 * torch.randn_like(t), prior, 500, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=5, show_progress=False)).fit(data)
+    for x in (torch.tensor([0.3, -0.5]), torch.tensor([1.9, 1.9])):
+        assert _grid_integral(posterior, x, (-2, -2), (2, 2)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_log_prob_includes_the_jacobian_of_a_half_line():
+    prior = sbikit.ProductPrior([LogNormal(0.0, 0.5), Uniform(-1.0, 1.0)])
+    data = sbikit.simulate(lambda t: t + 0.2 * torch.randn_like(t), prior, 500, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=5, show_progress=False)).fit(data)
+    # the density vanishes fast beyond 12 for these data; integrate over (0, 12] x (-1, 1)
+    total = _grid_integral(posterior, torch.tensor([1.0, 0.0]), (0.0, -1.0), (12.0, 1.0), n=600)
+    assert total == pytest.approx(1.0, abs=0.03)
+    assert math.isfinite(total)
