@@ -34,11 +34,16 @@ Timings depend on the machine; torch's default number of threads is used.
 """
 
 import argparse
+import contextlib
+import inspect
+import io
 import math
+import os
 import platform
 import sys
 import time
 import torch
+import warnings
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,7 +83,7 @@ class Row:
     c2st_delta: float = math.nan  # C2ST - the baseline's
 
 
-# Methods: each trains on (prior, theta, x) and returns (sample(n, x_o) -> (n, D), epochs).
+# Methods: each trains on (prior, data, ...) and returns (sample(n, x_o) -> (n, D), epochs).
 
 
 def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, int]:
@@ -87,15 +92,49 @@ def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, 
     return (lambda n, x: posterior.sample(n, x=x)), posterior.history["epochs"]
 
 
+@contextlib.contextmanager
+def quiet_nflows():
+    r"""Hides nflows' deprecation warning for ``torch.triangular_solve`` (sbi's MAF/NSF)."""
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.triangular_solve is deprecated", category=UserWarning)
+        yield
+
+
+class NullTracker:
+    r"""Discards sbi's training logs, which by default go to TensorBoard files in ./sbi-logs."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_params(self, params) -> None:
+        pass
+
+    def add_figure(self, name, figure, step=None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Callable, int]:
     # sbi takes torch distributions as priors: sbikit.BoxUniform is a torch Independent(Uniform).
-    inference = SbiNPE(prior=prior, density_estimator=estimator, show_progress_bars=False)
-    inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
+    options = {"tracker": NullTracker()} if "tracker" in inspect.signature(SbiNPE).parameters else {}
+    inference = SbiNPE(prior=prior, density_estimator=estimator, show_progress_bars=False, **options)
+    # sbi prints "Neural network successfully converged ..." even without progress bars.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_nflows():
+        inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
     posterior = inference.build_posterior()
-    epochs = inference._summary["epochs_trained"][-1]
+    epochs = inference.summary["epochs_trained"][-1]
 
     def sample(n: int, x: torch.Tensor) -> torch.Tensor:
-        return posterior.sample((n,), x=x, show_progress_bars=False)
+        with quiet_nflows():
+            return posterior.sample((n,), x=x, show_progress_bars=False)
 
     return sample, int(epochs)
 
@@ -174,7 +213,9 @@ def cells(row: Row) -> list[str]:
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:
     table = [list(HEADER)] + [cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    if all(math.isnan(r.train_ratio) for r in rows):  # no baseline ran: drop the comparisons
+        table = [line[:-2] for line in table]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     left = {0, 2}  # text columns; numbers are right-aligned
 
     def line(values: list[str]) -> str:
@@ -248,7 +289,9 @@ def main(argv=None) -> None:
             sys.exit("no method to run.")
     versions = f"sbikit {sbikit.__version__}, torch {torch.__version__}"
     versions += f", sbi {sbi.__version__}" if sbi is not None else ""
-    print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, CPU", flush=True)
+    load = ", load average {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs{load}", flush=True)
     print(f"{args.observations} observation(s), {NUM_SAMPLES:,} samples each, seed {args.seed}", flush=True)
 
     start = time.perf_counter()

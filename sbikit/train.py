@@ -45,7 +45,7 @@ class TrainConfig:
     """
 
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-4
     max_epochs: int = 300
     patience: int = 20
     validation_fraction: float = 0.1
