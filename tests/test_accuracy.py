@@ -26,7 +26,7 @@ def test_gaussian_linear_small_budget():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, bound", [(two_moons, 0.6), (gaussian_linear, 0.6)], ids=["two_moons", "gaussian_linear"])
+@pytest.mark.parametrize("module, bound", [(two_moons, 0.62), (gaussian_linear, 0.62)], ids=["two_moons", "gaussian_linear"])
 def test_ten_thousand_simulations(module, bound):
     prior = module.prior()
     data = sbikit.simulate(module.simulator, prior, 10_000, seed=0, show_progress=False)
