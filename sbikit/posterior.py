@@ -45,6 +45,8 @@ class SupportFlow(Distribution):
         self.scale = scale.detach().cpu().double()
         self.transform = transform
         self.prior = prior
+        # a point inside the support stands in for rows outside it, whose density is 0
+        self.anchor = transform(torch.zeros(base.event_shape, dtype=torch.float64)).float()
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     @property
@@ -65,7 +67,7 @@ class SupportFlow(Distribution):
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = theta.cpu()
         inside = in_support(self.prior, theta)
-        safe = torch.where(inside.unsqueeze(-1), theta, self.prior.sample().to(theta)).double()
+        safe = torch.where(inside.unsqueeze(-1), theta, self.anchor.to(theta)).double()
         unconstrained = self.transform.inv(safe)
         jacobian = self.transform.log_abs_det_jacobian(unconstrained, safe)
         u = (unconstrained - self.loc) / self.scale

@@ -321,3 +321,12 @@ def test_training_and_sampling_on_cuda(box3):
     posterior = sbikit.NPE(box3, training=TrainConfig(max_epochs=2, device="cuda", show_progress=False)).fit(data)
     assert posterior.device.type == "cuda"
     assert posterior.sample(10, x=data.x[0]).shape == (10, 3)
+
+
+def test_log_prob_leaves_the_global_rng_alone(trained):
+    _, _, posterior = trained
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    posterior.log_prob(torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 0.0]]), x=torch.zeros(3))
+    assert torch.equal(torch.rand(2), expected)

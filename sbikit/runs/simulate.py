@@ -2,7 +2,6 @@ r"""Running a user's simulator over draws from the prior."""
 
 __all__ = ["simulate"]
 
-import numpy as np
 import torch
 import warnings
 
@@ -13,16 +12,9 @@ from tqdm.auto import tqdm
 
 from .randomness import RowwiseRandomness, warn_unattributed
 from .seeds import root_seed, seeded, simulation_seed
+from .._checks import check_count
 from ..data import Failure, Simulations, as_float_tensor
 from ..priors import check_prior
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}.")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}.")
-    return int(value)
 
 
 def _draw(prior: Distribution, root: int, indices: range) -> tuple[Tensor, list[Tensor]]:
@@ -189,8 +181,8 @@ def simulate(
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
     prior = check_prior(prior)
-    num_simulations = _positive_int(num_simulations, "num_simulations")
-    batch_size = _positive_int(batch_size, "batch_size")
+    num_simulations = check_count(num_simulations, "num_simulations")
+    batch_size = check_count(batch_size, "batch_size")
     root = root_seed(seed)
     runner = _Runner(simulator, root, batched=bool(batched), numpy=bool(numpy))
 

@@ -1,0 +1,13 @@
+import runpy
+
+from pathlib import Path
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+
+
+def test_custom_simulator_tutorial(tmp_path):
+    module = runpy.run_path(str(TUTORIALS / "custom_simulator.py"))
+    samples = module["main"](num_simulations=600, out=str(tmp_path))
+    assert samples.shape == (2000, 4, 3)
+    assert bool((samples[..., 0] > 0).all()) and bool(((samples[..., 1] > 0) & (samples[..., 1] < 1)).all())
+    assert (tmp_path / "oscillator.png").stat().st_size > 0
