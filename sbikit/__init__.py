@@ -20,12 +20,14 @@ __all__ = [
     "TrainingError",
     "affine_coupling_flow",
     "coupling_flow",
+    "diagnostics",
     "load",
     "simulate",
 ]
 
 __version__ = "0.1.0"
 
+from . import diagnostics
 from .data import Simulations
 from .errors import FormatError, TrainingError
 from .estimators import NPE, NPEPosterior

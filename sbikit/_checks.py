@@ -28,6 +28,8 @@ def check_x(x: object, x_shape: torch.Size, name: str = "x") -> tuple[Tensor, to
     """
 
     x = as_float_tensor(x, name)
+    if x.ndim == 0 and x_shape == (1,):  # a scalar observation of a one-feature simulator
+        x = x.reshape(1)
     k = len(x_shape)
     if x.ndim < k or x.shape[x.ndim - k :] != x_shape:
         raise ValueError(

@@ -28,7 +28,8 @@ def as_float_tensor(value: object, name: str) -> Tensor:
             raise TypeError(
                 f"{name} must hold real numbers, got {type(value).__name__} with dtype {array.dtype}."
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        # np.ascontiguousarray would turn a 0-d array into shape (1,): scalars stay scalars
+        tensor = torch.from_numpy(array.copy() if array.ndim == 0 else np.ascontiguousarray(array))
     if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in _INTEGRAL):
         raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}.")
     return tensor.to(torch.float32)

@@ -13,8 +13,11 @@ __all__ = ["FORMAT_VERSION", "save", "load", "prior_spec", "prior_from_spec", "b
 
 import functools
 import importlib
+import inspect
 import json
 import os
+import pickle
+import re
 import tempfile
 import torch
 import torch.distributions as D
@@ -25,7 +28,8 @@ from pathlib import Path
 from .errors import FormatError
 from .priors import BoxUniform, ProductPrior
 
-FORMAT_VERSION = 1
+# 2: the prior's fingerprint in the config; observations standardized per feature
+FORMAT_VERSION = 2
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 _KINDS = {"NPE": "sbikit.estimators.npe:NPEPosterior"}
@@ -135,8 +139,17 @@ def prior_from_spec(spec: dict) -> D.Distribution:
     return cls(**params)
 
 
-def save(posterior: torch.nn.Module, path: str | os.PathLike) -> None:
-    r"""Writes a trained posterior to ``path`` atomically (temporary file, then rename)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save(posterior, path: str | os.PathLike) -> None:
+    r"""Writes a trained posterior to ``path`` atomically (temporary file, then rename).
+
+    The file's permissions follow the umask, like any other file the user writes.
+    """
 
     path = Path(path)
     config = {"kind": posterior.kind, **posterior.config()}
@@ -144,11 +157,12 @@ def save(posterior: torch.nn.Module, path: str | os.PathLike) -> None:
         "format": _MAGIC,
         "version": FORMAT_VERSION,
         "config": json.dumps(config, allow_nan=True),
-        "state_dict": {k: v.detach().cpu() for k, v in posterior.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in posterior.network.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -159,36 +173,54 @@ def save(posterior: torch.nn.Module, path: str | os.PathLike) -> None:
         raise
 
 
-def load(
-    path: str | os.PathLike,
-    *,
-    prior: D.Distribution | None = None,
-    summary: torch.nn.Module | None = None,
-    flow: Callable | None = None,
-    device: str = "cpu",
-):
+def _read(path: Path, device: str) -> dict:
+    r"""Reads the payload, turning every failure into a message that says what the file is."""
+
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a directory; pass the path of a saved posterior file (.sbk).")
+    if not path.exists():
+        raise FileNotFoundError(f"no file at {str(path)!r}; pass the path that Posterior.save wrote.")
+    if path.stat().st_size == 0:
+        raise FormatError(f"{str(path)!r} is empty (0 bytes); it is not an sbikit file, or its writing never finished.")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error):
+            raise FormatError(
+                f"{str(path)!r} holds Python objects other than tensors, which sbikit never unpickles "
+                "(it loads with weights_only=True); it is not an sbikit file. Load it only if you trust "
+                "it, with torch.load."
+            ) from None
+        reason = error
+    except Exception as error:  # noqa: BLE001 - every other reading failure means a bad file
+        reason = error
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(reason)).strip().splitlines()
+    detail = f" ({type(reason).__name__}: {text[0]})" if text else f" ({type(reason).__name__})"
+    raise FormatError(
+        f"{str(path)!r} is not a readable sbikit file: it is truncated, damaged or in another format{detail}."
+    ) from None
+
+
+def load(path: str | os.PathLike, *, device: str = "cpu", **components):
     r"""Loads a posterior written by :meth:`Posterior.save`.
 
     Arguments:
         path: The file.
-        prior: The prior, needed only if it was a custom distribution.
-        summary: An untrained instance of the summary network, needed only if it
-            was a custom module.
-        flow: The flow builder, needed only if it was a custom builder.
         device: Where to put the networks.
+        components: What the posterior's class cannot rebuild by name, passed
+            again: for NPE, ``prior`` (a custom distribution), ``summary`` (an
+            untrained instance of a custom summary network) and ``flow`` (a
+            custom flow builder). A ``prior`` passed is compared with the one
+            the posterior was trained with, and refused if it differs.
 
     Raises:
-        FormatError: If the file is truncated, foreign, from a newer format
-            version, or needs an object that was not passed.
+        FormatError: If the file is empty, truncated, foreign, from a newer
+            format version, or needs a component that was not passed.
+        ValueError: If a component passed differs from the one trained with.
     """
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {str(path)!r}.")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every reading failure means a bad file
-        raise FormatError(f"{str(path)!r} is not a readable sbikit file (truncated or foreign): {error}") from None
+    payload = _read(path, device)
     if not isinstance(payload, dict) or payload.get("format") != _MAGIC or "config" not in payload:
         raise FormatError(f"{str(path)!r} is not an sbikit file (no sbikit header).")
     version = payload.get("version")
@@ -204,13 +236,23 @@ def load(
         cls = _resolve(_KINDS[config["kind"]])
     except (KeyError, ValueError, TypeError) as error:
         raise FormatError(f"{str(path)!r} has a damaged config: {error}") from None
-    posterior = cls.from_config(config, prior=prior, summary=summary, flow=flow)
+    accepted = [name for name in inspect.signature(cls.from_config).parameters if name != "config"]
+    unknown = sorted(set(components) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"load got {', '.join(map(repr, unknown))}, which a {config['kind']} posterior does not take; "
+            f"it takes {', '.join(map(repr, accepted))}."
+        )
+    posterior = cls.from_config(config, **components)
     try:
-        posterior.load_state_dict(payload["state_dict"])
+        posterior.network.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as error:
-        raise FormatError(
-            f"the weights in {str(path)!r} do not fit the rebuilt networks; if it was trained with a custom "
-            f"summary network or flow, pass the same architecture: {error}"
-        ) from None
-    return posterior.to(device).eval()
-
+        custom = [name for name in ("summary", "flow") if name in components]
+        hint = (
+            f"the {' and '.join(custom)} passed must have the architecture it was trained with"
+            if custom
+            else "it was written by an incompatible version of sbikit, or damaged"
+        )
+        raise FormatError(f"the weights in {str(path)!r} do not fit the rebuilt networks; {hint}: {error}") from None
+    posterior.network.to(device).eval()
+    return posterior

@@ -1,13 +1,14 @@
 r"""Posteriors: the common surface of every trained estimator.
 
-A posterior is an :class:`torch.nn.Module` whose ``forward(x)`` returns the
-distribution :math:`p(\theta | x)` for observations :math:`x` :math:`(*, *x\_shape)`,
-with batch shape :math:`(*)` and event shape :math:`(D,)`. On top of that,
-:class:`Posterior` provides checked ``sample``, ``log_prob``, ``to_arviz`` and ``save``.
+A :class:`Posterior` is a plain object that holds its trained weights in one
+:class:`torch.nn.Module`, ``posterior.network``, and offers checked ``sample``,
+``log_prob``, ``to_arviz`` and ``save``. Subclasses say how to draw and how to
+evaluate the density; this module checks the arguments and shapes once for all.
 """
 
-__all__ = ["Posterior", "SupportFlow"]
+__all__ = ["Posterior", "SupportMappedDistribution"]
 
+import abc
 import math
 import torch
 import torch.nn as nn
@@ -19,8 +20,8 @@ from ._checks import check_count, check_theta, check_x
 from .priors import in_support, support_bounds
 
 
-class SupportFlow(Distribution):
-    r"""A flow over standardized unconstrained vectors, mapped into the prior's support.
+class SupportMappedDistribution(Distribution):
+    r"""A distribution over standardized unconstrained vectors, mapped into the prior's support.
 
     With :math:`u \sim q(u | x)`, the parameters are :math:`\theta = T(\mu + \sigma u)`
     and :math:`\log p(\theta | x) = \log q(u | x) - \sum \log \sigma - \log |\det J_T|`.
@@ -28,7 +29,7 @@ class SupportFlow(Distribution):
     box-shaped support, so they never leave it, whatever device the flow is on.
 
     Arguments:
-        base: The flow's distribution over :math:`u`, batch shape :math:`(*)`.
+        base: The distribution :math:`q(u | x)`, batch shape :math:`(*)`.
         loc: The standardization mean :math:`\mu`, :math:`(D,)`.
         scale: The standardization scale :math:`\sigma`, :math:`(D,)`.
         transform: The map :math:`T` from unconstrained space to the support.
@@ -76,15 +77,38 @@ class SupportFlow(Distribution):
         return torch.where(inside, log_p, -math.inf).float()
 
 
-class Posterior(nn.Module):
+class Posterior(abc.ABC):
     r"""The surface shared by trained posteriors.
 
-    Subclasses set ``prior``, ``x_shape``, ``parameter_names`` and ``history``,
-    implement ``forward(x) -> Distribution`` for checked observations, and
-    ``config()`` for saving.
+    A subclass sets ``prior``, ``x_shape``, ``parameter_names``, ``history`` and
+    ``network`` (the :class:`torch.nn.Module` holding every trained weight), and
+    provides:
+
+    - ``distribution(x)``: :math:`p(\theta | x)` as a normalized
+      :class:`~torch.distributions.Distribution` with batch shape :math:`(*)`, for
+      checked observations :math:`(*, *x\_shape)` on the network's device;
+    - ``config()`` and ``from_config(config, **components)``, for saving.
+
+    Calling the posterior, ``posterior(x)``, returns ``distribution(x)`` for a
+    checked ``x``.
     """
 
     kind = "posterior"
+    network: nn.Module
+
+    @abc.abstractmethod
+    def distribution(self, x: Tensor) -> Distribution:
+        r"""Returns :math:`p(\theta | x)` for checked observations on the network's device."""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        r"""Returns the JSON-able description that :meth:`from_config` rebuilds from."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict, **components) -> "Posterior":
+        r"""Rebuilds an untrained posterior from :meth:`config`, with the components
+        (prior, networks) that cannot be rebuilt by name."""
 
     @property
     def theta_dim(self) -> int:
@@ -92,11 +116,21 @@ class Posterior(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Posterior":
+        r"""Moves the network to ``device`` and returns the posterior."""
+
+        self.network.to(device)
+        return self
 
     def _x(self, x: object) -> tuple[Tensor, Size]:
         x, batch = check_x(x, self.x_shape)
         return x.to(self.device), batch
+
+    def __call__(self, x: object) -> Distribution:
+        x, _ = self._x(x)
+        return self.distribution(x)
 
     def sample(self, num_samples: int, x: object) -> Tensor:
         r"""Draws samples from :math:`p(\theta | x)`.
@@ -113,7 +147,7 @@ class Posterior(nn.Module):
         num_samples = check_count(num_samples, "num_samples")
         x, _ = self._x(x)
         with torch.no_grad():
-            return self(x).sample((num_samples,))
+            return self.distribution(x).sample((num_samples,))
 
     def log_prob(self, theta: object, x: object) -> Tensor:
         r"""Evaluates the normalized density :math:`\log p(\theta | x)`.
@@ -138,7 +172,7 @@ class Posterior(nn.Module):
                 "which do not broadcast; pass theta (n, m, D) for a batch of m observations."
             ) from None
         with torch.no_grad():
-            return self(x).log_prob(theta)
+            return self.distribution(x).log_prob(theta)
 
     def to_arviz(self, x: object, num_samples: int = 1000, num_chains: int = 4):
         r"""Samples :math:`p(\theta | x)` for one observation into an arviz InferenceData.
@@ -165,8 +199,18 @@ class Posterior(nn.Module):
         )
 
     def save(self, path) -> None:
-        r"""Writes the posterior to ``path`` (see :func:`sbikit.save`)."""
+        r"""Writes the posterior to ``path`` atomically; :func:`sbikit.load` reads it back.
+
+        The file holds a versioned JSON config and the network's ``state_dict``
+        (see :mod:`sbikit.io`).
+        """
 
         from .io import save
 
         save(self, path)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(prior={self.prior!r}, x_shape={tuple(self.x_shape)}, "
+            f"parameter_names={self.parameter_names})"
+        )

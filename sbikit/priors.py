@@ -11,9 +11,11 @@ __all__ = [
     "BoxUniform",
     "ProductPrior",
     "check_prior",
-    "to_unconstrained",
-    "support_bounds",
+    "check_same_prior",
+    "from_unconstrained",
     "in_support",
+    "prior_fingerprint",
+    "support_bounds",
 ]
 
 import torch
@@ -171,14 +173,17 @@ def check_prior(prior: object, name: str = "prior", scalar: bool = False) -> Dis
     return prior
 
 
-def to_unconstrained(prior: Distribution) -> Transform:
-    r"""Returns the bijection :math:`T` from unconstrained vectors to the prior's support.
+def from_unconstrained(prior: Distribution) -> Transform:
+    r"""Returns the bijection :math:`T` from unconstrained vectors onto the prior's support.
+
+    ``T(u)`` maps unconstrained :math:`u \in \mathbb{R}^D` into the support and
+    ``T.inv(theta)`` maps parameters out of it.
 
     The transform acts on whole vectors (``event_dim == 1``), so its
     ``log_abs_det_jacobian`` has shape :math:`(*)` for inputs :math:`(*, D)`.
 
     Example:
-        >>> T = to_unconstrained(BoxUniform(-torch.ones(2), torch.ones(2)))
+        >>> T = from_unconstrained(BoxUniform(-torch.ones(2), torch.ones(2)))
         >>> T(torch.zeros(2))
         tensor([0., 0.])
     """
@@ -228,3 +233,77 @@ def in_support(prior: Distribution, theta: Tensor) -> Tensor:
     if inside.ndim == theta.ndim:  # elementwise constraints report per dimension
         inside = inside.all(-1)
     return inside & torch.isfinite(theta).all(-1)
+
+
+def _type_name(prior: Distribution) -> str:
+    return f"{type(prior).__module__}.{type(prior).__qualname__}"
+
+
+def prior_fingerprint(prior: Distribution) -> dict:
+    r"""Describes a prior well enough to recognize it again, as JSON-able data.
+
+    The fingerprint holds the type, the event shape, the support's bounds, and
+    the log-density at eight fixed draws, so that a prior with other parameters
+    is told apart even when it cannot be rebuilt by name.
+    """
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        probe = prior.sample((8,))
+    bounds = support_bounds(prior)
+    return {
+        "repr": repr(prior),
+        "type": _type_name(prior),
+        "event_shape": list(prior.event_shape),
+        "bounds": None if bounds is None else [b.tolist() for b in bounds],
+        "probe": probe.tolist(),
+        "log_prob": prior.log_prob(probe).tolist(),
+    }
+
+
+def check_same_prior(prior: Distribution, fingerprint: dict, name: str = "prior") -> None:
+    r"""Raises if ``prior`` differs from the prior that ``fingerprint`` describes.
+
+    Raises:
+        ValueError: Naming both priors and what differs: the type, the event
+            shape, the support, or the density.
+
+    Example:
+        >>> saved = prior_fingerprint(BoxUniform(-2 * torch.ones(1), 2 * torch.ones(1)))
+        >>> check_same_prior(BoxUniform(-2 * torch.ones(1), 2 * torch.ones(1)), saved)
+        >>> check_same_prior(BoxUniform(-5 * torch.ones(1), 5 * torch.ones(1)), saved)
+        Traceback (most recent call last):
+        ...
+        ValueError: the prior passed, BoxUniform(low=[-5.0], high=[5.0]), differs from the prior ...
+    """
+
+    differences = []
+    if _type_name(prior) != fingerprint["type"]:
+        differences.append(f"its type is {_type_name(prior)}, not {fingerprint['type']}")
+    if list(prior.event_shape) != fingerprint["event_shape"]:
+        differences.append(f"its event shape is {tuple(prior.event_shape)}, not {tuple(fingerprint['event_shape'])}")
+    else:
+        bounds, saved = support_bounds(prior), fingerprint["bounds"]
+        same_support = (bounds is None) == (saved is None) and (
+            bounds is None or all(torch.equal(b, torch.tensor(s, dtype=b.dtype)) for b, s in zip(bounds, saved))
+        )
+        if not same_support:
+            shown = None if bounds is None else [b.tolist() for b in bounds]
+            differences.append(f"its support's bounds are {shown}, not {saved}")
+        probe = torch.tensor(fingerprint["probe"])
+        expected = torch.tensor(fingerprint["log_prob"])
+        try:
+            got = prior.log_prob(probe).float()
+        except (ValueError, RuntimeError) as error:
+            differences.append(f"its log_prob fails on the saved probe points ({error})")
+        else:
+            if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True):
+                differences.append(
+                    f"its log-density at the saved probe points is {[round(v, 4) for v in got.tolist()][:3]}..., "
+                    f"not {[round(v, 4) for v in expected.tolist()][:3]}..."
+                )
+    if differences:
+        raise ValueError(
+            f"the {name} passed, {prior!r}, differs from the prior this posterior was trained with, "
+            f"{fingerprint['repr']}: {'; '.join(differences)}. Pass the prior used for training."
+        )

@@ -11,6 +11,8 @@ __all__ = ["TrainConfig", "fit"]
 import copy
 import dataclasses
 import math
+import sys
+import time
 import torch
 import torch.nn as nn
 
@@ -71,10 +73,26 @@ class TrainConfig:
             )
         if not self.weight_decay >= 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
-        torch.device(self.device)  # raises for an unknown device string
+        _check_device(self.device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_device(device: object) -> None:
+    r"""Refuses a device that this torch cannot train on, before any work is done."""
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"TrainConfig.device must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from None
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if kind in available and not available[kind]():
+        raise ValueError(
+            f"TrainConfig.device is {device!r}, but this torch ({torch.__version__}) sees no {kind.upper()} "
+            "device (torch.cuda.is_available() is False for cuda); train with device='cpu', or install "
+            "a torch build for your accelerator."
+        )
 
 
 def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
@@ -121,7 +139,10 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> 
     best, best_state, stale, nonfinite = math.inf, None, 0, 0
     disable = None if config.show_progress is None else not config.show_progress
 
+    started = last_line = time.perf_counter()
     with tqdm(range(config.max_epochs), desc="training", unit="epoch", disable=disable) as bar:
+        # off a terminal tqdm is silent, so a line every half minute and a summary say how it goes
+        lines = config.show_progress is None and bar.disable
         for epoch in bar:
             module.train()
             perm = torch.randperm(n_train, generator=generator).to(device)
@@ -162,7 +183,21 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> 
             bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
             if stale >= config.patience:
                 break
+            if lines and time.perf_counter() - last_line > 30:
+                last_line = time.perf_counter()
+                print(
+                    f"training: epoch {epoch + 1}/{config.max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
+                    f"validation loss {val_loss:.4f}",
+                    file=sys.stderr,
+                )
 
+    if lines and best_state is not None:
+        stopped = "stopped early" if history["epochs"] < config.max_epochs else "reached max_epochs"
+        print(
+            f"training: {history['epochs']} epochs in {time.perf_counter() - started:.1f} s ({stopped}); "
+            f"best validation loss {best:.4f} at epoch {history['best_epoch'] + 1}",
+            file=sys.stderr,
+        )
     if best_state is None:
         raise TrainingError("the validation loss was never finite; no weights to keep.")
     module.load_state_dict(best_state)

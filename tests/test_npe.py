@@ -57,9 +57,9 @@ def test_history_and_standardization_are_kept(trained):
     history = posterior.history
     assert len(history["train_loss"]) == len(history["validation_loss"]) == history["epochs"]
     assert history["validation_loss"][history["best_epoch"]] == min(history["validation_loss"])
-    assert torch.allclose(posterior.x_loc, data.x.mean(0), atol=1e-5)
-    assert torch.allclose(posterior.x_scale, data.x.std(0), atol=1e-5)
-    state = posterior.state_dict()
+    assert torch.allclose(posterior.network.x_loc, data.x.mean(0), atol=1e-5)
+    assert torch.allclose(posterior.network.x_scale, data.x.std(0), atol=1e-5)
+    state = posterior.network.state_dict()
     assert {"theta_loc", "theta_scale", "x_loc", "x_scale"} <= set(state)
 
 
@@ -81,7 +81,7 @@ def test_fit_leaves_the_recipe_reusable(box3, quick):
     data = sbikit.simulate(noisy, box3, 200, seed=0, show_progress=False)
     posterior = npe.fit(data)
     assert all(torch.equal(a, b) for a, b in zip(before, summary.parameters()))
-    trained = list(posterior.summary.parameters())
+    trained = list(posterior.network.summary.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trained)), "the summary was not trained"
 
 
@@ -301,9 +301,12 @@ def test_no_dataloader_is_used(box3, quick, monkeypatch):
     sbikit.NPE(box3, training=quick).fit(data)
 
 
-def test_training_is_silent_when_not_a_terminal(box3, capsys):
+def test_training_reports_one_line_when_not_a_terminal(box3, capsys):
     data = sbikit.simulate(noisy, box3, 100, seed=0)
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2)).fit(data)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training: 2 epochs" in err and "reached max_epochs" in err
+    sbikit.NPE(box3, training=TrainConfig(max_epochs=2, show_progress=False)).fit(data)
     assert capsys.readouterr().err == ""
 
 
@@ -311,8 +314,14 @@ def test_device_selection(box3):
     data = sbikit.simulate(noisy, box3, 100, seed=0, show_progress=False)
     posterior = sbikit.NPE(box3, training=TrainConfig(max_epochs=1, device="cpu", show_progress=False)).fit(data)
     assert posterior.device.type == "cpu"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="TrainConfig.device must be a torch device"):
         TrainConfig(device="no-such-device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"TrainConfig.device is 'cuda'.*device='cpu'"):
+        TrainConfig(device="cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

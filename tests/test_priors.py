@@ -6,7 +6,7 @@ from torch.distributions import Independent, LogNormal, Normal, Uniform
 
 import sbikit
 
-from sbikit.priors import check_prior, to_unconstrained
+from sbikit.priors import check_prior, from_unconstrained
 
 from conftest import noisy
 
@@ -26,7 +26,7 @@ def test_product_prior_samples_and_density():
 
 @pytest.mark.parametrize("prior", [product(), sbikit.BoxUniform(-torch.ones(2), torch.ones(2)), Independent(Normal(torch.zeros(2), 1.0), 1)])
 def test_unconstrained_map_round_trips(prior):
-    transform = to_unconstrained(prior)
+    transform = from_unconstrained(prior)
     theta = prior.sample((100,))
     assert torch.allclose(transform(transform.inv(theta)), theta, atol=1e-5)
     assert transform.log_abs_det_jacobian(transform.inv(theta), theta).shape == (100,)

@@ -1,5 +1,5 @@
 r"""Estimators: each learns one conditional density from simulations."""
 
-__all__ = ["NPE", "NPEPosterior"]
+__all__ = ["NPE", "NPENetwork", "NPEPosterior"]
 
-from .npe import NPE, NPEPosterior
+from .npe import NPE, NPENetwork, NPEPosterior

@@ -13,12 +13,11 @@ where :math:`T` maps unconstrained space onto the prior's support and
 standardized :math:`x` and is trained jointly with the flow.
 """
 
-__all__ = ["NPE", "NPEPosterior"]
+__all__ = ["NPE", "NPENetwork", "NPEPosterior"]
 
 import copy
 import torch
 import torch.nn as nn
-import warnings
 
 from collections.abc import Callable, Sequence
 from torch import Size, Tensor
@@ -29,11 +28,10 @@ from ..data import Simulations
 from ..errors import FormatError
 from ..flows import coupling_flow
 from ..nn import MLP
-from ..posterior import Posterior, SupportFlow
-from ..priors import check_prior, in_support, to_unconstrained
+from ..posterior import Posterior, SupportMappedDistribution
+from ..priors import check_prior, check_same_prior, from_unconstrained, prior_fingerprint
 from ..train import TrainConfig, fit
-
-_MIN_SCALE = 1e-8
+from .base import standardize, training_data
 
 
 def _default_summary(x_shape: Size) -> nn.Module:
@@ -53,45 +51,30 @@ def _summary_features(summary: nn.Module, x_shape: Size) -> int:
     return out.shape[1]
 
 
-def _standardize(values: Tensor) -> tuple[Tensor, Tensor]:
-    loc = values.double().mean(0)
-    scale = values.double().std(0) if len(values) > 1 else torch.ones_like(loc)
-    scale = torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale))
-    return loc.float(), scale.float()
+class NPENetwork(nn.Module):
+    r"""The trained part of NPE: standardization, a summary network and a conditional flow.
 
+    ``forward(x)`` returns :math:`q(u | x)` over standardized unconstrained
+    parameters :math:`u`, with batch shape :math:`(*)` for observations
+    :math:`(*, *x\_shape)`. Observations are standardized per feature (their last
+    axis), pooled over the other axes, so that members of a set stay exchangeable.
 
-class NPEPosterior(Posterior):
-    r"""A posterior trained by :class:`NPE`: a summary network and a conditional flow.
-
-    ``forward(x)`` returns :math:`p(\theta | x)` as a distribution with batch shape
-    :math:`(*)` for observations :math:`(*, *x\_shape)`.
+    Arguments:
+        features: The number of parameters :math:`D`.
+        x_shape: The shape of one observation.
+        summary: The summary network :math:`(B, *x\_shape) \to (B, F)`.
+        flow: The flow builder ``flow(features, context)``.
     """
 
-    kind = "NPE"
-
-    def __init__(
-        self,
-        prior: Distribution,
-        x_shape: Sequence[int],
-        summary: nn.Module,
-        flow: Callable,
-        parameter_names: Sequence[str],
-        specs: dict,
-    ) -> None:
+    def __init__(self, features: int, x_shape: Sequence[int], summary: nn.Module, flow: Callable) -> None:
         super().__init__()
-        self.prior = prior
-        self.transform = to_unconstrained(prior)
         self.x_shape = Size(x_shape)
-        features = self.transform.inverse_shape(prior.event_shape)[-1]
         self.summary = summary
         self.flow = flow(features, _summary_features(summary, self.x_shape))
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
-        self.register_buffer("x_loc", torch.zeros(self.x_shape))
-        self.register_buffer("x_scale", torch.ones(self.x_shape))
-        self.parameter_names = list(parameter_names)
-        self.specs = specs
-        self.history: dict = {}
+        self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
+        self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
 
     def embed(self, x: Tensor) -> Tensor:
         r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`."""
@@ -100,19 +83,50 @@ class NPEPosterior(Posterior):
         z = ((x - self.x_loc) / self.x_scale).reshape(-1, *self.x_shape)
         return self.summary(z).reshape(*batch, -1)
 
-    def unconstrain(self, theta: Tensor) -> Tensor:
-        r"""Maps parameters :math:`(*, D)` to the flow's standardized space."""
-
-        u = self.transform.inv(theta.double().cpu())
-        return ((u - self.theta_loc.cpu().double()) / self.theta_scale.cpu().double()).float()
+    def forward(self, x: Tensor) -> Distribution:
+        return self.flow(self.embed(x))
 
     def loss(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Returns :math:`-\log q(u | x)`, :math:`(B,)`, for standardized :math:`u`."""
 
-        return -self.flow(self.embed(x)).log_prob(u)
+        return -self(x).log_prob(u)
 
-    def forward(self, x: Tensor) -> Distribution:
-        return SupportFlow(self.flow(self.embed(x)), self.theta_loc, self.theta_scale, self.transform, self.prior)
+
+class NPEPosterior(Posterior):
+    r"""A posterior trained by :class:`NPE`.
+
+    ``distribution(x)`` is the flow's :math:`q(u | x)` mapped into the prior's
+    support; ``network`` holds the summary network, the flow and the
+    standardization.
+
+    Arguments:
+        prior: The prior the network was trained under.
+        network: The :class:`NPENetwork`.
+        parameter_names: A name per parameter.
+        specs: How to rebuild the components by name (see :mod:`sbikit.io`).
+    """
+
+    kind = "NPE"
+
+    def __init__(self, prior: Distribution, network: NPENetwork, parameter_names: Sequence[str], specs: dict) -> None:
+        self.prior = prior
+        self.network = network
+        self.x_shape = network.x_shape
+        self.transform = from_unconstrained(prior)
+        self.parameter_names = list(parameter_names)
+        self.specs = specs
+        self.history: dict = {}
+
+    def distribution(self, x: Tensor) -> Distribution:
+        net = self.network
+        return SupportMappedDistribution(net(x), net.theta_loc, net.theta_scale, self.transform, self.prior)
+
+    def unconstrain(self, theta: Tensor) -> Tensor:
+        r"""Maps parameters :math:`(*, D)` to the flow's standardized space."""
+
+        u = self.transform.inv(theta.double().cpu())
+        loc, scale = self.network.theta_loc.cpu().double(), self.network.theta_scale.cpu().double()
+        return ((u - loc) / scale).float()
 
     def config(self) -> dict:
         return {
@@ -131,6 +145,7 @@ class NPEPosterior(Posterior):
         flow: Callable | None = None,
     ) -> "NPEPosterior":
         specs = {k: config[k] for k in ("prior", "summary", "flow", "training")}
+        specs["prior_check"] = config.get("prior_check")
         for name, given, spec in (("prior", prior, specs["prior"]), ("summary", summary, specs["summary"]),
                                   ("flow", flow, specs["flow"])):
             if given is None and spec is None:
@@ -138,11 +153,17 @@ class NPEPosterior(Posterior):
                     f"this posterior was trained with a custom {name}, which is not rebuilt by name; "
                     f"pass it: sbikit.load(path, {name}=...)."
                 )
-        prior = check_prior(prior) if prior is not None else io.prior_from_spec(specs["prior"])
-        x_shape = Size(config["x_shape"])
+        if prior is not None:
+            prior = check_prior(prior)
+            if specs["prior_check"] is not None:
+                check_same_prior(prior, specs["prior_check"])
+        else:
+            prior = io.prior_from_spec(specs["prior"])
         summary = summary if summary is not None else io.build(specs["summary"])
         builder = flow if flow is not None else (lambda f, c: io.build(specs["flow"], f, c))
-        posterior = cls(prior, x_shape, summary, builder, config["parameter_names"], specs)
+        features = from_unconstrained(prior).inverse_shape(prior.event_shape)[-1]
+        network = NPENetwork(features, config["x_shape"], summary, builder)
+        posterior = cls(prior, network, config["parameter_names"], specs)
         posterior.history = config.get("history", {})
         return posterior
 
@@ -195,54 +216,32 @@ class NPE:
     def fit(self, data: Simulations) -> NPEPosterior:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
 
-        if not isinstance(data, Simulations):
-            raise TypeError(
-                f"data must be sbikit.Simulations, got {type(data).__name__}; wrap tensors as "
-                "sbikit.Simulations(theta=theta, x=x)."
-            )
-        dim = self.prior.event_shape[0]
-        if data.theta.shape[1] != dim:
-            raise ValueError(
-                f"data.theta has shape {tuple(data.theta.shape)} but the prior has {dim} dimensions; "
-                f"pass theta of shape (N, {dim})."
-            )
-        if data.num_invalid:
-            warnings.warn(
-                f"excluding {data.num_invalid} of {len(data)} simulations with NaN or inf values from training.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            data = data.dropna()
-        outside = ~in_support(self.prior, data.theta)
-        if outside.any():
-            row = int(outside.nonzero()[0])
-            raise ValueError(
-                f"{int(outside.sum())} rows of theta lie outside the prior's support (row {row}: "
-                f"{data.theta[row].tolist()}); train on parameters drawn from this prior."
-            )
-        if len(data) < 2:
-            raise ValueError(f"need at least 2 valid simulations to train, got {len(data)}.")
-
+        data = training_data(self.prior, data)
         config = self.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             summary = copy.deepcopy(self.summary) if self.summary is not None else _default_summary(data.x_shape)
+            transform = from_unconstrained(self.prior)
+            features = transform.inverse_shape(self.prior.event_shape)[-1]
+            network = NPENetwork(features, data.x_shape, summary, self.flow)
             specs = {
                 "prior": io.prior_spec(self.prior),
+                "prior_check": prior_fingerprint(self.prior),
                 "summary": io.module_spec(summary),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
             }
-            posterior = NPEPosterior(self.prior, data.x_shape, summary, self.flow, self.parameter_names, specs)
+            posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
+            u = transform.inv(data.theta.double())
             for (loc, scale), values in (
-                ((posterior.theta_loc, posterior.theta_scale), posterior.transform.inv(data.theta.double())),
-                ((posterior.x_loc, posterior.x_scale), data.x),
+                ((network.theta_loc, network.theta_scale), u),
+                ((network.x_loc, network.x_scale), data.x),
             ):
-                mean, std = _standardize(values)
+                mean, std = standardize(values)
                 loc.copy_(mean)
                 scale.copy_(std)
             u = posterior.unconstrain(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
-            posterior.history = fit(posterior, (u, data.x), config)
+            posterior.history = fit(network, (u, data.x), config)
         return posterior
