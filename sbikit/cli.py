@@ -37,7 +37,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     print("[2/5] training NPE (spline coupling flow, MLP summary)")
     config = sbikit.TrainConfig(seed=args.seed, device=args.device)
-    posterior = sbikit.NPE(prior, training=config).fit(data)
+    names = getattr(module, "PARAMETER_NAMES", None)
+    posterior = sbikit.NPE(prior, training=config, parameter_names=names).fit(data)
     history = posterior.history
     print(
         f"      {history['epochs']} epochs, best validation loss "
@@ -54,7 +55,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     print("[5/5] writing results")
     samples = posterior.sample(args.num_samples, x=x_obs)
-    figure = pair_plot(samples, posterior.parameter_names, truth=theta_true)
+    title = f"{args.simulator}: NPE posterior of a held-out observation ({args.num_simulations:,} simulations)"
+    figure = pair_plot(samples, posterior.parameter_names, truth=theta_true, title=title)
     figure.savefig(out / "pair_plot.png", dpi=120)
     _arviz.to_netcdf(idata, out / "posterior.nc")
     posterior.save(out / "posterior.sbk")
@@ -65,15 +67,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sbikit import __version__
+
     parser = argparse.ArgumentParser(prog="sbikit", description="Simulation-based inference.")
+    parser.add_argument("--version", action="version", version=f"sbikit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the whole pipeline on a built-in simulator")
-    demo.add_argument("--simulator", choices=_SIMULATORS, default="two_moons")
-    demo.add_argument("--num-simulations", type=int, default=10_000)
-    demo.add_argument("--num-samples", type=int, default=4_000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--out", default="sbikit-demo", help="output folder (default: ./sbikit-demo)")
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on a built-in simulator",
+        description="Simulate, train NPE, sample the posterior of a held-out observation, and write "
+        "a pair plot, the arviz InferenceData and the trained posterior.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--simulator", choices=_SIMULATORS, default="two_moons", help="the built-in simulator")
+    demo.add_argument("--num-simulations", type=int, default=10_000, help="simulations to train on")
+    demo.add_argument("--num-samples", type=int, default=4_000, help="posterior samples to draw")
+    demo.add_argument("--seed", type=int, default=0, help="seeds the simulations and the training")
+    demo.add_argument("--device", default="cpu", help="where to train: cpu or cuda")
+    demo.add_argument("--out", default="sbikit-demo", help="the output folder")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)

@@ -17,6 +17,7 @@ def pair_plot(
     names: Sequence[str] | None = None,
     truth: object | None = None,
     bins: int = 50,
+    title: str | None = None,
 ):
     r"""Draws marginal histograms and pairwise 2-D histograms of samples :math:`(n, D)`.
 
@@ -25,6 +26,7 @@ def pair_plot(
         names: A label per dimension.
         truth: Optionally, the true parameters :math:`(D,)`, drawn as lines.
         bins: The number of histogram bins per axis.
+        title: A title for the figure.
 
     Returns:
         The matplotlib figure.
@@ -47,6 +49,11 @@ def pair_plot(
     fig = Figure(figsize=(size, size))
     axes = fig.subplots(dim, dim, squeeze=False)
     ranges = [np.quantile(data[:, i], [0.001, 0.999]) for i in range(dim)]
+    if truth is not None:  # widen each range to show the truth, with a margin
+        for i, (low, high) in enumerate(ranges):
+            low, high = min(low, truth[i]), max(high, truth[i])
+            margin = 0.05 * (high - low) if high > low else 0.5
+            ranges[i] = np.array([low - margin, high + margin])
     for i in range(dim):
         for j in range(dim):
             ax = axes[i, j]
@@ -55,6 +62,7 @@ def pair_plot(
                 continue
             if i == j:
                 ax.hist(data[:, i], bins=bins, range=ranges[i], color="C0", histtype="stepfilled", alpha=0.7)
+                ax.set_xlim(ranges[i])
                 ax.set_yticks([])
                 if truth is not None:
                     ax.axvline(truth[i], color="C3")
@@ -72,5 +80,7 @@ def pair_plot(
                 ax.set_ylabel(names[i])
             elif j > 0:
                 ax.set_yticklabels([])
+    if title is not None:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -5,7 +5,7 @@ r"""Gaussian linear model in 10 dimensions (sbibm's ``gaussian_linear``).
 so the posterior is :math:`\mathcal{N}(x / 2, 0.05 I)`.
 """
 
-__all__ = ["DIM", "prior", "simulator", "reference_posterior"]
+__all__ = ["DIM", "PARAMETER_NAMES", "prior", "simulator", "reference_posterior"]
 
 import math
 import torch
@@ -15,6 +15,8 @@ from torch.distributions import Independent, Normal
 DIM = 10
 PRIOR_VARIANCE = 0.1
 NOISE_VARIANCE = 0.1
+# the mean of x in each dimension
+PARAMETER_NAMES = [f"mean_{i + 1}" for i in range(DIM)]
 
 
 def prior(dim: int = DIM) -> Independent:

@@ -14,11 +14,14 @@ noise :math:`p = (r \cos a + 0.25, r \sin a)`, inverting for both branches of th
 absolute value, and rejecting values outside the prior.
 """
 
-__all__ = ["prior", "simulator", "reference_posterior"]
+__all__ = ["PARAMETER_NAMES", "prior", "simulator", "reference_posterior"]
 
 import math
 import sbikit
 import torch
+
+# as in Greenberg et al. (2019): the two shifts of the crescent
+PARAMETER_NAMES = ["theta_1", "theta_2"]
 
 
 def prior() -> sbikit.BoxUniform:

@@ -17,6 +17,7 @@ def _c2st(posterior, module, seed):
     return c2st(reference, posterior.sample(5_000, x=x))
 
 
+@pytest.mark.slow
 def test_gaussian_linear_small_budget():
     prior = gaussian_linear.prior()
     data = sbikit.simulate(gaussian_linear.simulator, prior, 3_000, seed=0, show_progress=False)

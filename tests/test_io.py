@@ -149,3 +149,79 @@ def test_custom_prior_must_be_passed_again(tmp_path):
         sbikit.load(tmp_path / "p.sbk")
     loaded = sbikit.load(tmp_path / "p.sbk", prior=prior)
     assert torch.equal(loaded.log_prob(torch.zeros(3), x=torch.zeros(3)), posterior.log_prob(torch.zeros(3), x=torch.zeros(3)))
+
+
+# ---- what load says, and what it refuses -------------------------------------------------
+
+
+def test_a_different_prior_is_refused_showing_both(saved):
+    _, path = saved
+    wider = sbikit.BoxUniform(low=-5 * torch.ones(3), high=5 * torch.ones(3))
+    with pytest.raises(ValueError, match=r"BoxUniform\(low=\[-5\.0.*differs from the prior.*BoxUniform\(low=\[-2\.0.*support"):
+        sbikit.load(path, prior=wider)
+    same = sbikit.BoxUniform(low=-2 * torch.ones(3), high=2 * torch.ones(3))
+    assert sbikit.load(path, prior=same).prior is same
+
+
+def test_a_prior_of_another_dimension_is_blamed_on_the_prior(saved):
+    _, path = saved
+    with pytest.raises(ValueError, match=r"event shape is \(2,\), not \(3,\)"):
+        sbikit.load(path, prior=sbikit.BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2)))
+
+
+def test_a_custom_prior_with_other_parameters_is_refused(tmp_path):
+    class Shifted(Custom):
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def log_prob(self, value):
+            return Normal(self.shift, 1.0).log_prob(value).sum(-1)
+
+    prior = Shifted(0.0)
+    data = sbikit.simulate(noisy, prior, 100, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=1, show_progress=False)).fit(data)
+    posterior.save(tmp_path / "p.sbk")
+    with pytest.raises(ValueError, match="log-density at the saved probe points"):
+        sbikit.load(tmp_path / "p.sbk", prior=Shifted(1.0))
+    sbikit.load(tmp_path / "p.sbk", prior=Shifted(0.0))
+
+
+def test_an_empty_file_says_it_is_empty(tmp_path):
+    (tmp_path / "empty.sbk").write_bytes(b"")
+    with pytest.raises(sbikit.FormatError, match=r"is empty \(0 bytes\)"):
+        sbikit.load(tmp_path / "empty.sbk")
+
+
+def test_a_pickled_file_says_what_it_is_without_escape_codes(tmp_path):
+    path = tmp_path / "objects.sbk"
+    torch.save({"format": "sbikit", "model": Custom()}, path)
+    with pytest.raises(sbikit.FormatError, match="holds Python objects other than tensors") as error:
+        sbikit.load(path)
+    assert "\x1b" not in str(error.value)
+
+
+def test_a_directory_and_a_missing_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        sbikit.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        sbikit.load(tmp_path / "missing.sbk")
+
+
+def test_unknown_components_are_refused(saved):
+    _, path = saved
+    with pytest.raises(TypeError, match=r"'priors'.*takes 'prior', 'summary', 'flow'"):
+        sbikit.load(path, priors=None)
+
+
+def test_saved_files_follow_the_umask(saved, tmp_path):
+    import os
+    import stat
+
+    posterior, _ = saved
+    old = os.umask(0o022)
+    try:
+        posterior.save(tmp_path / "shared.sbk")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.sbk").stat().st_mode) == 0o644

@@ -1,4 +1,5 @@
 import functools
+import numpy as np
 import math
 import pytest
 import torch
@@ -339,3 +340,45 @@ def test_log_prob_leaves_the_global_rng_alone(trained):
     torch.manual_seed(0)
     posterior.log_prob(torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 0.0]]), x=torch.zeros(3))
     assert torch.equal(torch.rand(2), expected)
+
+
+# ---- edge cases ----------------------------------------------------------------------------
+
+
+def test_all_failed_simulations_say_so(box3, quick):
+    data = sbikit.Simulations(theta=torch.zeros(5, 3), x=torch.full((5, 3), torch.nan))
+    with pytest.raises(ValueError, match=r"at least 2 valid simulations to train, got 0 of 5 \(5 have NaN"):
+        sbikit.NPE(box3, training=quick).fit(data)
+
+
+def test_a_scalar_observation_is_one_observation_whatever_its_type(quick):
+    prior = sbikit.BoxUniform(torch.zeros(1), torch.ones(1))
+    data = sbikit.simulate(lambda t: t + 0.1 * torch.randn_like(t), prior, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=quick).fit(data)
+    theta = torch.full((4, 1), 0.4)
+    expected = posterior.log_prob(theta, x=torch.tensor([0.3]))
+    for x in (0.3, torch.tensor(0.3), np.float64(0.3), np.array(0.3)):
+        assert posterior.sample(5, x=x).shape == (5, 1)
+        assert torch.allclose(posterior.log_prob(theta, x=x), expected)
+
+
+def test_sets_are_standardized_per_feature_so_permutations_change_nothing(box3, quick):
+    def members(theta):  # members differ in scale along the set axis: a per-position scale would differ
+        return theta[:, None, :2] * torch.arange(1.0, 7.0)[None, :, None] + 0.1 * torch.randn(len(theta), 6, 2)
+
+    data = sbikit.simulate(members, box3, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, summary=SetSummary(), training=quick).fit(data)
+    assert posterior.network.x_loc.shape == (2,)
+    assert torch.allclose(posterior.network.x_loc, data.x.reshape(-1, 2).mean(0), atol=1e-5)
+    x = data.x[0]
+    shuffled = x[torch.randperm(6)]
+    theta = box3.sample((8,))
+    assert torch.allclose(posterior.log_prob(theta, x=x), posterior.log_prob(theta, x=shuffled), atol=1e-5)
+
+
+def test_help_shows_the_posterior_not_torch_internals():
+    import pydoc
+
+    text = pydoc.render_doc(sbikit.NPEPosterior, renderer=pydoc.plaintext)
+    assert len(text.splitlines()) < 200 and "register_forward_hook" not in text
+    assert not isinstance(sbikit.NPEPosterior, nn.Module)

@@ -202,3 +202,21 @@ def test_no_progress_output_when_not_a_terminal(box3, capsys):
     with warnings.catch_warnings():
         sbikit.simulate(noisy, box3, 20, seed=0)
     assert capsys.readouterr().err == ""
+
+
+def test_the_failure_warning_names_the_most_common_errors(box3):
+    def buggy(theta):
+        if theta[0] > 1.0:
+            return undefined_name  # noqa: F821 - the bug the warning must show
+        if theta[0] < -1.5:
+            raise ValueError("solver diverged\nat step 17")
+        return theta
+
+    with pytest.warns(RuntimeWarning) as record:
+        data = sbikit.simulate(buggy, box3, 400, seed=0, batched=False, show_progress=False)
+    message = str(record[0].message)
+    names = sum("NameError" in f.message for f in data.failures)
+    diverged = sum("diverged" in f.message for f in data.failures)
+    assert names > diverged > 0
+    assert f"{names} x NameError: name 'undefined_name' is not defined" in message
+    assert f"{diverged} x ValueError: solver diverged." in message and "step 17" not in message

@@ -169,8 +169,8 @@ class RowStreams(TorchFunctionMode):
         r"""Runs a rejection sampler row by row, each row with its own seeded generator."""
 
         n = self.size
-        if func in (torch.multinomial, torch._sample_dirichlet):
-            if args[0].ndim != 2 or args[0].shape[0] != n:
+        if func in (torch.multinomial, torch._sample_dirichlet):  # (B, ..., K) inputs
+            if args[0].ndim < 2 or args[0].shape[0] != n:
                 return None
             rows = [(args[0][i], *args[1:]) for i in range(n)]
         else:
