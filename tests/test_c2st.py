@@ -19,3 +19,9 @@ def test_shifted_distribution_is_detected():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"\(N, D\) and \(M, D\)"):
         c2st(torch.zeros(10, 2), torch.zeros(10, 3))
+
+
+def test_diagnostics_are_reachable_after_import_sbikit():
+    import sbikit
+
+    assert sbikit.diagnostics.c2st is c2st
