@@ -130,12 +130,11 @@ class _Runner:
 
     def unbatched(self, theta: Tensor, seeds: np.ndarray, start: int) -> tuple[list, list[Failure]]:
         torch_keys, numpy_keys, python_keys = (stream_keys(seeds, s).tolist() for s in (TORCH, NUMPY, PYTHON))
-        arguments = self._arguments(theta)
-        arguments = list(arguments) if self.numpy else theta.unbind()
+        arguments = list(self._arguments(theta)) if self.numpy else theta.unbind()
         outputs, failures = [], []
         for k in range(len(theta)):
             torch.default_generator.manual_seed(torch_keys[k])
-            # numpy's legacy global generator takes 32-bit seeds; rng=True gives 128-bit ones
+            # numpy's legacy global generator takes 32-bit seeds; rng=True gives 64-bit ones
             np.random.seed(numpy_keys[k] & 0xFFFFFFFF)
             random.seed(python_keys[k])
             rng = _generator(numpy_keys[k] if self.numpy else torch_keys[k], self.numpy) if self.rng else None
