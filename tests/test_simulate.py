@@ -10,16 +10,6 @@ from torch.distributions import Distribution
 from conftest import noisy
 
 
-def mixed_randomness(theta):
-    """Batched torch simulator drawing in several of torch's ways."""
-    a = torch.randn_like(theta)
-    b = torch.distributions.Normal(theta, 0.5).sample()
-    c = torch.empty(theta.shape[0], 2).uniform_()
-    d = torch.distributions.Gamma(torch.ones(theta.shape[0]), 1.0).sample().unsqueeze(-1)
-    e = torch.normal(0.0, 1.0, size=(theta.shape[0], 1))
-    return torch.cat([theta + a, b, c, d, e], dim=-1)
-
-
 def test_contract_shapes_and_record(box3):
     data = sbikit.simulate(noisy, box3, num_simulations=50, seed=3, show_progress=False)
     assert isinstance(data, sbikit.Simulations)
@@ -27,14 +17,6 @@ def test_contract_shapes_and_record(box3):
     assert data.seed == 3 and data.num_invalid == 0 and data.failures == ()
     assert bool(box3.support.check(data.theta).all())
     assert (data.x - data.theta).abs().max() < 1.0
-
-
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
-def test_same_seed_same_data_whatever_the_batch_size(box3, batch_size):
-    reference = sbikit.simulate(mixed_randomness, box3, 64, seed=11, batch_size=64, show_progress=False)
-    other = sbikit.simulate(mixed_randomness, box3, 64, seed=11, batch_size=batch_size, show_progress=False)
-    assert torch.equal(reference.theta, other.theta)
-    assert torch.equal(reference.x, other.x)
 
 
 def test_prefix_of_a_longer_run_is_the_same(box3):
