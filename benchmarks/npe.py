@@ -1,6 +1,7 @@
 r"""Benchmark of sbikit's NPE against sbi's NPE (MAF and NSF) on reference problems.
 
-For each simulator (``two_moons``, ``gaussian_linear``) and simulation budget
+For each simulator (``two_moons``, ``gaussian_linear``, ``poisson_glm``,
+``sinusoid``) and simulation budget
 :math:`N`, the script
 
 1. simulates :math:`N` pairs :math:`(\theta_i, x_i)` once with
@@ -18,6 +19,12 @@ extra is installed (``pip install sbikit[bench]``, which brings ``sbi``),
 ``sbi-maf`` (sbi's NPE with its default density estimator) and ``sbi-nsf``,
 both with sbi's default training settings, on the CPU.
 
+Amortized sampling (``--amortized M``, on by default with M = 1,000): for the
+first simulator at the largest budget, each method draws 1,000 samples for each
+of M held-out observations; sbikit in one call with the observations as a batch,
+sbi in its documented loop over the observations (and, reported alongside, sbi's
+own ``sample_batched``).
+
 Columns: the mean (and max) C2ST over the observations (0.5 is perfect), the
 number of training epochs, the training time in seconds, the sampling rate in
 samples per second (all samples over all sampling time), and, where sbi's MAF
@@ -25,7 +32,7 @@ ran, the training time as a multiple of MAF's and the C2ST minus MAF's.
 
 Run it from the repository root::
 
-    python benchmarks/npe.py                      # full table: N = 1,000 and 10,000, 3 observations
+    python benchmarks/npe.py                      # full table: N = 1,000 and 10,000, 5 observations
     python benchmarks/npe.py --quick              # smoke test: N = 500, 1 observation
     python benchmarks/npe.py --num-simulations 1000 --simulators two_moons --observations 5 --seed 1
     python benchmarks/npe.py --methods sbikit --markdown
@@ -51,7 +58,7 @@ from dataclasses import dataclass
 import sbikit
 
 from sbikit.diagnostics import c2st
-from sbikit.simulators import gaussian_linear, two_moons
+from sbikit.simulators import gaussian_linear, poisson_glm, sinusoid, two_moons
 
 try:
     import sbi
@@ -59,10 +66,12 @@ try:
 except ImportError:  # the optional `bench` extra is not installed
     sbi = None
 
-SIMULATORS = {"two_moons": two_moons, "gaussian_linear": gaussian_linear}
+SIMULATORS = {"two_moons": two_moons, "gaussian_linear": gaussian_linear, "poisson_glm": poisson_glm,
+              "sinusoid": sinusoid}
 METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
 BASELINE = "sbi-maf"
 NUM_SAMPLES = 10_000
+AMORTIZED_SAMPLES = 1_000
 OBSERVATION_SEED_OFFSET = 1_000_000  # observations never share the training seed
 REFERENCE_SEED_OFFSET = 2_000_000
 
@@ -83,13 +92,27 @@ class Row:
     c2st_delta: float = math.nan  # C2ST - the baseline's
 
 
-# Methods: each trains on (prior, data, ...) and returns (sample(n, x_o) -> (n, D), epochs).
+# Methods: each trains on (prior, data, ...) and returns a Sampler and the number of epochs.
 
 
-def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, int]:
+@dataclass
+class Sampler:
+    r"""How a trained method samples: ``one(n, x_o) -> (n, D)`` for one observation, and
+    ``many``, the ways it samples M observations ``X`` at once, by name ("one call",
+    "loop", "sample_batched"), each ``(n, X) -> (n, M, D)``."""
+
+    one: Callable
+    many: dict
+
+
+def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Sampler, int]:
     config = sbikit.TrainConfig(show_progress=False, seed=seed)
     posterior = sbikit.NPE(prior, training=config).fit(data)
-    return (lambda n, x: posterior.sample(n, x=x)), posterior.history["epochs"]
+
+    def sample(n: int, x: torch.Tensor) -> torch.Tensor:
+        return posterior.sample(n, x=x)
+
+    return Sampler(sample, {"one call": sample}), posterior.history["epochs"]
 
 
 @contextlib.contextmanager
@@ -122,7 +145,7 @@ class NullTracker:
         pass
 
 
-def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Callable, int]:
+def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Sampler, int]:
     # sbi takes torch distributions as priors: sbikit.BoxUniform is a torch Independent(Uniform).
     options = {"tracker": NullTracker()} if "tracker" in inspect.signature(SbiNPE).parameters else {}
     inference = SbiNPE(prior=prior, density_estimator=estimator, show_progress_bars=False, **options)
@@ -136,10 +159,20 @@ def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Callable
         with quiet_nflows():
             return posterior.sample((n,), x=x, show_progress_bars=False)
 
-    return sample, int(epochs)
+    def loop(n: int, xs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([sample(n, x) for x in xs], dim=1)
+
+    def batched(n: int, xs: torch.Tensor) -> torch.Tensor:
+        with quiet_nflows():
+            return posterior.sample_batched((n,), x=xs, show_progress_bars=False)
+
+    many = {"loop": loop}
+    if hasattr(posterior, "sample_batched"):
+        many["sample_batched"] = batched
+    return Sampler(sample, many), int(epochs)
 
 
-def train(method: str, prior, data: sbikit.Simulations, seed: int) -> tuple[Callable, int]:
+def train(method: str, prior, data: sbikit.Simulations, seed: int) -> tuple[Sampler, int]:
     if method == "sbikit":
         return train_sbikit(prior, data, seed)
     return train_sbi(prior, data, method.removeprefix("sbi-"))
@@ -154,16 +187,16 @@ def observations(module, prior, count: int, seed: int) -> torch.Tensor:
         return module.simulator(theta)
 
 
-def run_method(method, prior, data, x_obs, references, seed, label) -> Row:
+def run_method(method, prior, data, x_obs, references, seed, label) -> tuple[Row, Sampler]:
     torch.manual_seed(seed)
     start = time.perf_counter()
-    sample, epochs = train(method, prior, data, seed)
+    sampler, epochs = train(method, prior, data, seed)
     train_seconds = time.perf_counter() - start
 
     scores, sampling_seconds = [], 0.0
     for x_o, reference in zip(x_obs, references):
         start = time.perf_counter()
-        samples = sample(NUM_SAMPLES, x_o)
+        samples = sampler.one(NUM_SAMPLES, x_o)
         sampling_seconds += time.perf_counter() - start
         scores.append(c2st(reference, samples, seed=seed))
     return Row(
@@ -175,7 +208,24 @@ def run_method(method, prior, data, x_obs, references, seed, label) -> Row:
         epochs=epochs,
         train_seconds=train_seconds,
         samples_per_second=NUM_SAMPLES * len(x_obs) / sampling_seconds,
-    )
+    ), sampler
+
+
+def amortized(samplers: dict[str, Sampler], x_many: torch.Tensor) -> list[list[str]]:
+    r"""Times ``AMORTIZED_SAMPLES`` samples for each of the observations ``x_many``,
+    per method and way of sampling; returns table lines (method, how, seconds, samples/s)."""
+
+    lines = []
+    for method, sampler in samplers.items():
+        for how, many in sampler.many.items():
+            start = time.perf_counter()
+            samples = many(AMORTIZED_SAMPLES, x_many)
+            seconds = time.perf_counter() - start
+            if samples.shape[:2] != (AMORTIZED_SAMPLES, len(x_many)):
+                raise RuntimeError(f"{method} ({how}) returned samples of shape {tuple(samples.shape)}.")
+            lines.append([method, how, f"{seconds:.1f}", f"{samples.shape[0] * samples.shape[1] / seconds:,.0f}"])
+            print(f"amortized: {method} ({how}): {seconds:.1f} s for {len(x_many):,} observations", flush=True)
+    return lines
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -215,8 +265,13 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
     table = [list(HEADER)] + [cells(r) for r in rows]
     if all(math.isnan(r.train_ratio) for r in rows):  # no baseline ran: drop the comparisons
         table = [line[:-2] for line in table]
+    return format_lines(table, left={0, 2}, markdown=markdown)
+
+
+def format_lines(table: list[list[str]], left: set[int], markdown: bool = False) -> str:
+    r"""Aligns a header and rows; the ``left`` columns hold text, the others numbers."""
+
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    left = {0, 2}  # text columns; numbers are right-aligned
 
     def line(values: list[str]) -> str:
         parts = [v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
@@ -239,8 +294,8 @@ def progress(row: Row) -> str:
     )
 
 
-def benchmark(simulators, budgets, methods, num_observations, seed) -> list[Row]:
-    rows = []
+def benchmark(simulators, budgets, methods, num_observations, seed, num_amortized=0) -> tuple[list[Row], list]:
+    rows, amortized_lines = [], []
     for name in simulators:
         module = SIMULATORS[name]
         prior = module.prior()
@@ -251,12 +306,16 @@ def benchmark(simulators, budgets, methods, num_observations, seed) -> list[Row]
         ]
         for n in budgets:
             data = sbikit.simulate(module.simulator, prior, num_simulations=n, seed=seed, show_progress=False)
+            samplers = {}
             for method in methods:
-                row = run_method(method, prior, data, x_obs, references, seed, (name, n))
+                row, samplers[method] = run_method(method, prior, data, x_obs, references, seed, (name, n))
                 rows.append(row)
                 print(progress(row), flush=True)
+            if num_amortized and name == simulators[0] and n == max(budgets):
+                x_many = observations(module, prior, num_amortized, seed + 1)
+                amortized_lines = [[name, f"{n:,}", *line] for line in amortized(samplers, x_many)]
     add_ratios(rows)
-    return rows
+    return rows, amortized_lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -264,8 +323,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), default=list(SIMULATORS))
     parser.add_argument("--num-simulations", nargs="+", type=int, default=[1_000, 10_000], metavar="N")
-    parser.add_argument("--observations", type=int, default=3, metavar="K",
-                        help="held-out observations per simulator (default 3)")
+    parser.add_argument("--observations", type=int, default=5, metavar="K",
+                        help="held-out observations per simulator (default 5)")
+    parser.add_argument("--amortized", type=int, default=1_000, metavar="M",
+                        help=f"observations for the amortized-sampling timing, {AMORTIZED_SAMPLES:,} samples "
+                             "each (default 1,000; 0 skips it)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to run; sbi's need the `bench` extra (default: all available)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the simulations, observations and training")
@@ -273,7 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: N = 500 and 1 observation")
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_simulations, args.observations = [500], 1
+        args.num_simulations, args.observations, args.amortized = [500], 1, 20
     if min(args.num_simulations) < 2 or args.observations < 1:
         parser.error("--num-simulations must be at least 2 and --observations at least 1.")
     return args
@@ -295,9 +357,14 @@ def main(argv=None) -> None:
     print(f"{args.observations} observation(s), {NUM_SAMPLES:,} samples each, seed {args.seed}", flush=True)
 
     start = time.perf_counter()
-    rows = benchmark(args.simulators, args.num_simulations, methods, args.observations, args.seed)
+    rows, amortized_lines = benchmark(args.simulators, args.num_simulations, methods, args.observations, args.seed,
+                                      args.amortized)
     print(flush=True)
     print(format_table(rows, markdown=args.markdown))
+    if amortized_lines:
+        print(f"\namortized sampling: {AMORTIZED_SAMPLES:,} samples for each of {args.amortized:,} observations\n")
+        header = ["simulator", "N", "method", "how", "seconds", "samples/s"]
+        print(format_lines([header] + amortized_lines, left={0, 2, 3}, markdown=args.markdown))
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
 
 

@@ -4,6 +4,6 @@ Each module defines ``prior()``, ``simulator(theta)`` (batched torch), and, wher
 one exists, ``reference_posterior(x, num_samples, seed)`` returning exact samples.
 """
 
-__all__ = ["gaussian_linear", "two_moons"]
+__all__ = ["gaussian_linear", "poisson_glm", "sinusoid", "two_moons"]
 
-from . import gaussian_linear, two_moons
+from . import gaussian_linear, poisson_glm, sinusoid, two_moons

@@ -259,7 +259,7 @@ class Quadratic(nn.Module):
 
 def test_fit_restores_the_best_weights_and_stops_early():
     module = Quadratic()
-    data = (torch.randn(400, 1),)
+    data = (torch.randn(400, 1, generator=torch.Generator().manual_seed(0)),)
     history = fit(module, data, TrainConfig(max_epochs=200, patience=3, learning_rate=0.5, show_progress=False))
     assert history["epochs"] < 200
     assert abs(float(module.w.detach())) < 0.3

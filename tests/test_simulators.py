@@ -1,7 +1,9 @@
 import math
 import torch
 
-from sbikit.simulators import gaussian_linear, two_moons
+import pytest
+
+from sbikit.simulators import gaussian_linear, poisson_glm, sinusoid, two_moons
 
 
 def test_two_moons_reference_matches_a_grid_posterior():
@@ -40,3 +42,34 @@ def test_gaussian_linear_posterior_is_analytic():
     ref = gaussian_linear.reference_posterior(torch.ones(10), 50_000, seed=1)
     assert torch.allclose(ref.mean(0), torch.full((10,), 0.5), atol=0.01)
     assert torch.allclose(ref.var(0), torch.full((10,), 0.05), atol=0.003)
+
+
+@pytest.mark.parametrize("module", [poisson_glm, sinusoid], ids=["poisson_glm", "sinusoid"])
+def test_grid_reference_matches_importance_sampling(module):
+    # an independent estimate of the posterior's mean and sd: prior draws weighted by the likelihood
+    prior = module.prior()
+    torch.manual_seed(0)
+    x = module.simulator(prior.sample((2,)))
+    draws = prior.sample((400_000,))
+    for x_o in x:
+        log_w = module.log_posterior(draws, x_o) - prior.log_prob(draws).double()
+        w = torch.softmax(log_w, 0)[:, None]
+        mean = (w * draws.double()).sum(0)
+        sd = (w * (draws.double() - mean) ** 2).sum(0).sqrt()
+        samples = module.reference_posterior(x_o, 50_000, seed=1).double()
+        assert bool(prior.support.check(samples.float()).all())
+        # tolerance: a few Monte Carlo errors of 50,000 draws (sd / 224) and of the weights
+        assert torch.allclose(samples.mean(0), mean, atol=0.03 * float(sd.max()) + 0.005), (samples.mean(0), mean)
+        assert torch.allclose(samples.std(0), sd, rtol=0.05), (samples.std(0), sd)
+
+
+def test_count_and_sinusoid_simulators():
+    theta = poisson_glm.prior().sample((1000,))
+    x = poisson_glm.simulator(theta)
+    assert x.shape == (1000, 10) and bool((x == x.round()).all()) and bool((x >= 0).all())
+    # the mean count at t_j is exp(theta_1 + theta_2 t_j): check it on the row average
+    rate = torch.exp(theta[:, :1] + theta[:, 1:] * poisson_glm.TIMES)
+    assert abs(float((x - rate).mean())) < 0.1
+    theta = sinusoid.prior().sample((4000,))
+    residual = sinusoid.simulator(theta) - theta[:, :1] * torch.sin(theta[:, 1:] * sinusoid.TIMES)
+    assert abs(float(residual.std()) - 1.0) < 0.02

@@ -1,7 +1,8 @@
 r"""What every estimator does before training: check the data, standardize."""
 
-__all__ = ["standardize", "training_data"]
+__all__ = ["linear_adjustment", "standardize", "training_data"]
 
+import math
 import torch
 import warnings
 
@@ -77,3 +78,54 @@ def standardize(values: Tensor, feature_dims: int = 1) -> tuple[Tensor, Tensor]:
     scale = flat.std(0) if len(flat) > 1 else torch.ones_like(loc)
     scale = torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale))
     return loc.float(), scale.float()
+
+
+def linear_adjustment(u: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Regresses centered targets on centered regressors; returns the coefficients and
+    the Cholesky factor of the residual covariance.
+
+    A ridge regression :math:`u \approx B z` whose penalty is chosen by generalized
+    cross-validation over a grid (so that many or collinear regressors do not
+    overfit), then :math:`L L^\top = \mathrm{Cov}(u - B z)`. With no regressors,
+    :math:`B` has no columns and :math:`L L^\top = \mathrm{Cov}(u)`.
+
+    Arguments:
+        u: The targets :math:`(N, D)`, with mean zero.
+        z: The regressors :math:`(N, P)`, with mean zero.
+
+    Returns:
+        :math:`B`, :math:`(D, P)`, and :math:`L`, :math:`(D, D)`, in float32.
+
+    Example:
+        >>> z = torch.randn(1000, 1)
+        >>> u = torch.cat([z, 0.5 * torch.randn(1000, 1)], dim=1)
+        >>> coef, tril = linear_adjustment(u - u.mean(0), z - z.mean(0))
+        >>> coef.shape, tril.shape
+        (torch.Size([2, 1]), torch.Size([2, 2]))
+    """
+
+    u, z = u.double(), z.double()
+    n, dim = u.shape
+    coef = torch.zeros(dim, z.shape[1], dtype=torch.float64)
+    dof = float(n - 1)
+    if z.shape[1] and n > 2:
+        left, singular, right = torch.linalg.svd(z, full_matrices=False)
+        projected = left.T @ u
+        best = math.inf
+        for ratio in torch.logspace(-6, 2, 17, dtype=torch.float64):
+            shrink = singular**2 / (singular**2 + ratio * n)
+            df = float(shrink.sum())
+            if df >= n - 1:
+                continue
+            rss = float(((u - left @ (shrink[:, None] * projected)) ** 2).sum())
+            gcv = rss / (1.0 - df / n) ** 2
+            if gcv < best:
+                best, dof = gcv, n - df
+                coef = (right.T @ ((singular / (singular**2 + ratio * n))[:, None] * projected)).T
+    residual = u - z @ coef.T
+    cov = residual.T @ residual / max(dof, 1.0)
+    cov = cov + 1e-6 * cov.diagonal().mean().clamp_min(_MIN_SCALE) * torch.eye(dim, dtype=cov.dtype)
+    tril, info = torch.linalg.cholesky_ex(cov)
+    if info:  # not positive definite in float64: keep the variances only
+        tril = cov.diagonal().sqrt().diag()
+    return coef.float(), tril.float()

@@ -11,6 +11,13 @@ up to a constant, so the minimizer is the posterior for every :math:`x` at once
 where :math:`T` maps unconstrained space onto the prior's support and
 :math:`\mu, \sigma` standardize; the summary network :math:`s_\psi` sees
 standardized :math:`x` and is trained jointly with the flow.
+
+Before training, a ridge regression of :math:`u` on the standardized :math:`x`
+(for vector observations) gives a linear prediction :math:`B z` and the
+Cholesky factor :math:`L` of the residual covariance; the flow then models
+:math:`u' = L^{-1} (u - B z)`, which is close to standard normal wherever the
+posterior is close to Gaussian (regression adjustment, as in Beaumont et al.,
+2002). The map is exact and its Jacobian is constant, so densities stay exact.
 """
 
 __all__ = ["NPE", "NPENetwork", "NPEPosterior"]
@@ -21,7 +28,7 @@ import torch.nn as nn
 
 from collections.abc import Callable, Sequence
 from torch import Size, Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
 
 from .. import io
 from ..data import Simulations
@@ -31,7 +38,39 @@ from ..nn import MLP
 from ..posterior import Posterior, SupportMappedDistribution
 from ..priors import check_prior, check_same_prior, from_unconstrained, prior_fingerprint
 from ..train import TrainConfig, fit
-from .base import standardize, training_data
+from .base import linear_adjustment, standardize, training_data
+
+
+MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
+
+
+class LowerAffineTransform(Transform):
+    r"""The map :math:`u' \mapsto u = m + L u'` with a lower-triangular :math:`L`, :math:`(*, D)`.
+
+    Arguments:
+        loc: The shift :math:`m`, broadcastable to :math:`(*, D)`.
+        tril: The lower-triangular :math:`L`, :math:`(D, D)`, with a positive diagonal.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: Tensor | float, tril: Tensor) -> None:
+        super().__init__()
+        self.loc = loc
+        self.tril = tril
+        self.log_det = tril.diagonal().log().sum()
+
+    def _call(self, z: Tensor) -> Tensor:
+        return self.loc + z @ self.tril.T
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        diff = torch.as_tensor(u - self.loc)
+        return torch.linalg.solve_triangular(self.tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
+
+    def log_abs_det_jacobian(self, z: Tensor, u: Tensor) -> Tensor:
+        return self.log_det.expand(z.shape[:-1])
 
 
 def _default_summary(x_shape: Size) -> nn.Module:
@@ -75,6 +114,10 @@ class NPENetwork(nn.Module):
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
         self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
+        # u = B z + L u': the regression adjustment (B has no columns for structured x)
+        regressors = self.x_shape[0] if len(self.x_shape) == 1 and self.x_shape[0] <= MAX_REGRESSORS else 0
+        self.register_buffer("theta_coef", torch.zeros(features, regressors))
+        self.register_buffer("theta_tril", torch.eye(features))
 
     def embed(self, x: Tensor) -> Tensor:
         r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`."""
@@ -84,7 +127,15 @@ class NPENetwork(nn.Module):
         return self.summary(z).reshape(*batch, -1)
 
     def forward(self, x: Tensor) -> Distribution:
-        return self.flow(self.embed(x))
+        q = self.flow(self.embed(x))
+        shift = ((x - self.x_loc) / self.x_scale) @ self.theta_coef.T if self.theta_coef.shape[1] else 0.0
+        return TransformedDistribution(q, [LowerAffineTransform(shift, self.theta_tril)], validate_args=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # files from format 2 predate the regression adjustment: no adjustment is B = 0, L = I
+        for name in ("theta_coef", "theta_tril"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Returns :math:`-\log q(u | x)`, :math:`(B,)`, for standardized :math:`u`."""
@@ -179,6 +230,9 @@ class NPE:
             :func:`sbikit.flows.coupling_flow` (spline coupling).
         training: The training settings. Defaults to :class:`TrainConfig()`.
         parameter_names: A name per parameter, for ``to_arviz`` and plots.
+        adjust: Whether the flow models the residual of a linear regression of the
+            parameters on vector observations (see the module's description),
+            rather than the standardized parameters themselves.
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -196,6 +250,7 @@ class NPE:
         flow: Callable | None = None,
         training: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
+        adjust: bool = True,
     ) -> None:
         self.prior = check_prior(prior)
         dim = self.prior.event_shape[0]
@@ -212,6 +267,7 @@ class NPE:
         self.flow = flow if flow is not None else coupling_flow
         self.training = training if training is not None else TrainConfig()
         self.parameter_names = names
+        self.adjust = bool(adjust)
 
     def fit(self, data: Simulations) -> NPEPosterior:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
@@ -243,5 +299,10 @@ class NPE:
             u = posterior.unconstrain(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
+            if self.adjust:
+                z = ((data.x - network.x_loc) / network.x_scale).reshape(len(data), -1)
+                coef, tril = linear_adjustment(u, z[:, : network.theta_coef.shape[1]])
+                network.theta_coef.copy_(coef)
+                network.theta_tril.copy_(tril)
             posterior.history = fit(network, (u, data.x), config)
         return posterior
