@@ -11,16 +11,19 @@ and check it::
 __all__ = [
     "BoxUniform",
     "FormatError",
+    "MixedEffects",
     "NPE",
     "NPEPosterior",
     "Posterior",
     "ProductPrior",
     "Simulations",
+    "StateSpace",
     "TrainConfig",
     "TrainingError",
     "affine_coupling_flow",
     "coupling_flow",
     "diagnostics",
+    "euler_maruyama",
     "load",
     "simulate",
 ]
@@ -33,6 +36,7 @@ from .errors import FormatError, TrainingError
 from .estimators import NPE, NPEPosterior
 from .flows import affine_coupling_flow, coupling_flow
 from .io import load
+from .models import MixedEffects, StateSpace, euler_maruyama
 from .posterior import Posterior
 from .priors import BoxUniform, ProductPrior
 from .runs import simulate

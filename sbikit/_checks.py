@@ -4,6 +4,7 @@ __all__ = ["check_theta", "check_x", "check_count"]
 
 import numpy as np
 import torch
+import warnings
 
 from torch import Tensor
 
@@ -20,14 +21,40 @@ def check_count(value: object, name: str) -> int:
     return int(value)
 
 
-def check_x(x: object, x_shape: torch.Size, name: str = "x") -> tuple[Tensor, torch.Size]:
+def check_x(
+    x: object, x_shape: torch.Size, name: str = "x", structure: str | None = None
+) -> tuple[Tensor, torch.Size]:
     r"""Checks observations :math:`(*, *x\_shape)` and returns them with their batch shape.
+
+    For sets and series (``structure`` not None), ``x_shape`` is :math:`(M, L)` and
+    observations :math:`(*, M', L)` may have any number :math:`M' \geq 1` of members or steps.
 
     Raises:
         ValueError: If the trailing shape differs from ``x_shape`` or ``x`` is not finite.
     """
 
     x = as_float_tensor(x, name)
+    if structure is not None:
+        what = "members" if structure == "set" else "time steps"
+        features = x_shape[-1]
+        if x.ndim < 2 or x.shape[-1] != features:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}, but each of the {what} has {features} feature(s): pass "
+                f"one observation of shape (M, {features}) with any number M of {what}, or a batch "
+                f"(m, M, {features})."
+            )
+        if x.shape[-2] == 0:
+            raise ValueError(f"{name} has no {what} (shape {tuple(x.shape)}); an observation needs at least one.")
+        if x.shape[-2] > x_shape[-2]:
+            longer = "a longer series" if structure == "series" else "more members"
+            warnings.warn(
+                f"{name} has {x.shape[-2]} {what}, {longer} than any simulation trained on (at most "
+                f"{x_shape[-2]}); the summary network extrapolates, so check the posterior "
+                "(for example by simulating data of this size).",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        x_shape = x.shape[-2:]
     if x.ndim == 0 and x_shape == (1,):  # a scalar observation of a one-feature simulator
         x = x.reshape(1)
     k = len(x_shape)

@@ -35,6 +35,10 @@ def as_float_tensor(value: object, name: str) -> Tensor:
     return tensor.to(torch.float32)
 
 
+def _describe(value: object) -> str:
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+
+
 _INTEGRAL = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -60,12 +64,25 @@ class Simulations:
     Rows whose output is not finite (NaN, inf, or a raised exception, stored as
     NaN) are kept so that indices match the seeds, and are excluded by estimators.
 
+    Structured outputs carry their structure explicitly: sets of members
+    (``structure="set"``) and time series (``structure="series"``) have
+    :math:`x` of shape :math:`(N, M, L)`, padded along the member or time axis, and a
+    boolean ``mask`` :math:`(N, M)` that is True where a member or time step is
+    present. Padded entries of :math:`x` are never read (they hold zeros), so
+    NaN keeps its meaning of a failed simulation.
+
     Arguments:
         theta: The parameters, with shape :math:`(N, D)`.
         x: The outputs, with shape :math:`(N, *)`: vectors :math:`(N, L)`, sets
             :math:`(N, M, L)` or sequences :math:`(N, T, L)`.
         seed: The root seed of the run that produced them, if any.
         failures: The record of failed simulations.
+        mask: For sets and series, which members or steps are present, :math:`(N, M)`
+            booleans; None means all of them.
+        structure: ``"set"`` (exchangeable members), ``"series"`` (ordered time
+            steps) or None (an unstructured array, the default).
+        theta_local: For mixed effects, each member's local parameters,
+            :math:`(N, M, K)`, zeros where the member is absent.
 
     Example:
         >>> data = Simulations(theta=torch.zeros(4, 2), x=torch.ones(4, 3))
@@ -77,6 +94,9 @@ class Simulations:
     x: Tensor
     seed: int | None = None
     failures: tuple[Failure, ...] = field(default=())
+    mask: Tensor | None = None
+    structure: str | None = None
+    theta_local: Tensor | None = None
 
     def __post_init__(self) -> None:
         theta = as_float_tensor(self.theta, "theta")
@@ -99,6 +119,39 @@ class Simulations:
         object.__setattr__(self, "theta", theta)
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "failures", tuple(self.failures))
+        self._check_structure()
+
+    def _check_structure(self) -> None:
+        if self.structure not in (None, "set", "series"):
+            raise ValueError(f"structure must be 'set', 'series' or None, got {self.structure!r}.")
+        x = self.x
+        if self.structure is None:
+            if self.mask is not None or self.theta_local is not None:
+                raise ValueError("mask and theta_local describe sets or series: pass structure='set' or 'series'.")
+            return
+        if x.ndim != 3:
+            raise ValueError(
+                f"x of a {self.structure} must have shape (N, M, L) (members or steps of L features), "
+                f"got {tuple(x.shape)}."
+            )
+        mask = self.mask
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, got {_describe(mask)}.")
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"mask must have shape {tuple(x.shape[:2])} (N, M), got {tuple(mask.shape)}.")
+        # padded entries hold zeros: they are never read, and NaN there would mark the row as failed
+        object.__setattr__(self, "x", torch.where(mask.unsqueeze(-1), x, 0.0))
+        object.__setattr__(self, "mask", mask)
+        if self.theta_local is not None:
+            local = as_float_tensor(self.theta_local, "theta_local")
+            if local.ndim != 3 or local.shape[:2] != x.shape[:2]:
+                raise ValueError(
+                    f"theta_local must have shape ({x.shape[0]}, {x.shape[1]}, K), one row per member, "
+                    f"got {tuple(local.shape)}."
+                )
+            object.__setattr__(self, "theta_local", torch.where(mask.unsqueeze(-1), local, 0.0))
 
     def __len__(self) -> int:
         return self.theta.shape[0]
@@ -113,7 +166,12 @@ class Simulations:
     def valid(self) -> Tensor:
         r"""Whether each row's parameters and output are finite, :math:`(N,)`."""
 
-        return torch.isfinite(self.x).flatten(1).all(1) & torch.isfinite(self.theta).all(1)
+        valid = torch.isfinite(self.x).flatten(1).all(1) & torch.isfinite(self.theta).all(1)
+        if self.theta_local is not None:
+            valid &= torch.isfinite(self.theta_local).flatten(1).all(1)
+        if self.mask is not None:
+            valid &= self.mask.any(1)  # an empty set or series cannot be trained on
+        return valid
 
     @property
     def num_invalid(self) -> int:
@@ -124,11 +182,22 @@ class Simulations:
     def dropna(self) -> "Simulations":
         r"""Returns only the rows that can be trained on."""
 
-        valid = self.valid
-        return dataclasses.replace(self, theta=self.theta[valid], x=self.x[valid])
+        return self[self.valid]
+
+    def __getitem__(self, index: Tensor | slice) -> "Simulations":
+        r"""Returns the rows ``index`` (a boolean mask, indices or a slice), with their structure."""
+
+        def take(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value[index]
+
+        return dataclasses.replace(
+            self, theta=self.theta[index], x=self.x[index], mask=take(self.mask), theta_local=take(self.theta_local)
+        )
 
     def __repr__(self) -> str:
         return (
             f"Simulations(n={len(self)}, theta_dim={self.theta.shape[1]}, "
-            f"x_shape={tuple(self.x_shape)}, seed={self.seed}, num_invalid={self.num_invalid})"
+            f"x_shape={tuple(self.x_shape)}, seed={self.seed}, num_invalid={self.num_invalid}"
+            + (f", structure={self.structure!r}" if self.structure else "")
+            + ")"
         )

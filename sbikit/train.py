@@ -144,17 +144,19 @@ def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> flo
     return total / count
 
 
-def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> dict:
+def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, name: str = "training") -> dict:
     r"""Trains ``module`` by minimizing ``module.loss(*tensors)``.
 
     Arguments:
         module: An estimator with a ``loss`` method returning :math:`(B,)`.
         tensors: Training tensors with a common first dimension :math:`N`.
         config: The training settings.
+        name: The label of the progress bar and of the summary line.
 
     Returns:
         The history: per-epoch ``train_loss`` and ``validation_loss``, the
-        ``best_epoch``, the number of ``epochs`` run and of ``skipped_steps``.
+        ``best_epoch``, the number of ``epochs`` run and of ``skipped_steps``, and
+        the ``batch_size``, ``learning_rate`` and ``max_epochs`` used.
 
     Raises:
         TrainingError: After ``config.max_nonfinite`` non-finite losses in a row.
@@ -193,7 +195,7 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> 
     disable = None if config.show_progress is None else not config.show_progress
 
     started = last_line = time.perf_counter()
-    with tqdm(range(max_epochs), desc="training", unit="epoch", disable=disable) as bar:
+    with tqdm(range(max_epochs), desc=name, unit="epoch", disable=disable) as bar:
         # off a terminal tqdm is silent, so a line every half minute and a summary say how it goes
         lines = config.show_progress is None and bar.disable
         for epoch in bar:
@@ -238,7 +240,7 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> 
             if lines and time.perf_counter() - last_line > 30:
                 last_line = time.perf_counter()
                 print(
-                    f"training: epoch {epoch + 1}/{max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
+                    f"{name}: epoch {epoch + 1}/{max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
                     f"validation loss {val_loss:.4f}",
                     file=sys.stderr,
                 )
@@ -246,7 +248,7 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig) -> 
     if lines and best_state is not None:
         stopped = "stopped early" if history["epochs"] < max_epochs else "reached max_epochs"
         print(
-            f"training: {history['epochs']} epochs in {time.perf_counter() - started:.1f} s ({stopped}); "
+            f"{name}: {history['epochs']} epochs in {time.perf_counter() - started:.1f} s ({stopped}); "
             f"best validation loss {best:.4f} at epoch {history['best_epoch'] + 1}",
             file=sys.stderr,
         )

@@ -2,8 +2,10 @@ r"""Example simulators with reference posteriors.
 
 Each module defines ``prior()``, ``simulator(theta)`` (batched torch), and, where
 one exists, ``reference_posterior(x, num_samples, seed)`` returning exact samples.
+Structured examples define ``model()`` instead, a :class:`sbikit.MixedEffects` or
+:class:`sbikit.StateSpace`.
 """
 
-__all__ = ["gaussian_linear", "poisson_glm", "sinusoid", "two_moons"]
+__all__ = ["gaussian_linear", "hierarchical_gaussian", "ornstein_uhlenbeck", "poisson_glm", "sinusoid", "two_moons"]
 
-from . import gaussian_linear, poisson_glm, sinusoid, two_moons
+from . import gaussian_linear, hierarchical_gaussian, ornstein_uhlenbeck, poisson_glm, sinusoid, two_moons

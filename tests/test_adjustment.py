@@ -64,12 +64,25 @@ def box_data():
 def test_the_adjustment_is_fitted_or_left_out(box_data):
     prior, data = box_data
     config = TrainConfig(max_epochs=2, show_progress=False)
-    adjusted = sbikit.NPE(prior, training=config).fit(data).network
+    adjusted = sbikit.NPE(prior, training=config, adjust=True).fit(data).network
     plain = sbikit.NPE(prior, training=config, adjust=False).fit(data).network
     # x = theta + noise: the regression of u on x is strong, so its coefficients are far from 0
     assert float(adjusted.theta_coef.abs().max()) > 0.5
     assert torch.equal(plain.theta_coef, torch.zeros_like(plain.theta_coef))
     assert torch.equal(plain.theta_tril, torch.eye(3))
+
+
+def test_auto_keeps_the_candidate_with_the_lower_validation_loss(box_data):
+    prior, data = box_data
+    config = TrainConfig(max_epochs=20, show_progress=False)
+    posterior = sbikit.NPE(prior, training=config).fit(data)
+    scores = posterior.history["best_validation_loss"]
+    assert min(posterior.history["validation_loss"]) == min(scores.values())
+    # x = theta + noise is linear in theta: the adjusted flow starts at the answer and wins
+    assert posterior.history["adjusted"] is True and scores["adjusted"] < scores["unadjusted"]
+    assert float(posterior.network.theta_coef.abs().max()) > 0.5
+    with pytest.raises(ValueError, match="adjust"):
+        sbikit.NPE(prior, adjust="sometimes")
 
 
 def test_files_from_before_the_adjustment_load_as_unadjusted(box_data, tmp_path):

@@ -306,7 +306,12 @@ def test_training_reports_one_line_when_not_a_terminal(box3, capsys):
     data = sbikit.simulate(noisy, box3, 100, seed=0)
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2)).fit(data)
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "training: 2 epochs" in err and "reached max_epochs" in err
+    # one line for each of the two candidates that adjust="auto" trains
+    assert err.count("\n") == 2 and "reached max_epochs" in err
+    assert "training (adjusted): 2 epochs" in err and "training (unadjusted): 2 epochs" in err
+    sbikit.NPE(box3, training=TrainConfig(max_epochs=2), adjust=False).fit(data)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training: 2 epochs" in err
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2, show_progress=False)).fit(data)
     assert capsys.readouterr().err == ""
 

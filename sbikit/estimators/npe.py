@@ -18,11 +18,15 @@ Cholesky factor :math:`L` of the residual covariance; the flow then models
 :math:`u' = L^{-1} (u - B z)`, which is close to standard normal wherever the
 posterior is close to Gaussian (regression adjustment, as in Beaumont et al.,
 2002). The map is exact and its Jacobian is constant, so densities stay exact.
+Where the posterior's location is far from linear in :math:`x`, the adjustment
+can hurt; by default NPE trains with and without it and keeps the better one by
+validation loss.
 """
 
 __all__ = ["NPE", "NPENetwork", "NPEPosterior"]
 
 import copy
+import math
 import torch
 import torch.nn as nn
 
@@ -34,7 +38,7 @@ from .. import io
 from ..data import Simulations
 from ..errors import FormatError
 from ..flows import coupling_flow
-from ..nn import MLP
+from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import Posterior, SupportMappedDistribution
 from ..priors import check_prior, check_same_prior, from_unconstrained, prior_fingerprint
 from ..train import TrainConfig, fit
@@ -73,7 +77,11 @@ class LowerAffineTransform(Transform):
         return self.log_det.expand(z.shape[:-1])
 
 
-def _default_summary(x_shape: Size) -> nn.Module:
+def _default_summary(x_shape: Size, structure: str | None = None) -> nn.Module:
+    if structure == "set":
+        return DeepSet(x_shape[-1])
+    if structure == "series":
+        return GRUSummary(x_shape[-1])
     return MLP(list(x_shape), out_features=32, hidden_features=(128, 128))
 
 
@@ -101,13 +109,25 @@ class NPENetwork(nn.Module):
     Arguments:
         features: The number of parameters :math:`D`.
         x_shape: The shape of one observation.
-        summary: The summary network :math:`(B, *x\_shape) \to (B, F)`.
+        summary: The summary network :math:`(B, *x\_shape) \to (B, F)`; for sets and
+            series it is called as ``summary(x, mask=mask)``.
         flow: The flow builder ``flow(features, context)``.
+        structure: ``"set"``, ``"series"`` or None (see :class:`sbikit.Simulations`).
+            Structured observations :math:`(*, M, L)` may have any number of members
+            or steps :math:`M`; ``x_shape`` is then the shape trained on.
     """
 
-    def __init__(self, features: int, x_shape: Sequence[int], summary: nn.Module, flow: Callable) -> None:
+    def __init__(
+        self,
+        features: int,
+        x_shape: Sequence[int],
+        summary: nn.Module,
+        flow: Callable,
+        structure: str | None = None,
+    ) -> None:
         super().__init__()
         self.x_shape = Size(x_shape)
+        self.structure = structure
         self.summary = summary
         self.flow = flow(features, _summary_features(summary, self.x_shape))
         self.register_buffer("theta_loc", torch.zeros(features))
@@ -119,15 +139,22 @@ class NPENetwork(nn.Module):
         self.register_buffer("theta_coef", torch.zeros(features, regressors))
         self.register_buffer("theta_tril", torch.eye(features))
 
-    def embed(self, x: Tensor) -> Tensor:
-        r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`."""
+    def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`; for sets and series,
+        ``mask`` :math:`(*, M)` says which members or steps are present (all, if None)."""
 
-        batch = x.shape[: x.ndim - len(self.x_shape)]
-        z = ((x - self.x_loc) / self.x_scale).reshape(-1, *self.x_shape)
-        return self.summary(z).reshape(*batch, -1)
+        z = (x - self.x_loc) / self.x_scale
+        if self.structure is None:
+            batch = x.shape[: x.ndim - len(self.x_shape)]
+            return self.summary(z.reshape(-1, *self.x_shape)).reshape(*batch, -1)
+        batch = x.shape[:-2]
+        if mask is None:
+            mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+        z = torch.where(mask.unsqueeze(-1), z, 0.0).reshape(-1, *x.shape[-2:])
+        return self.summary(z, mask=mask.reshape(-1, x.shape[-2])).reshape(*batch, -1)
 
-    def forward(self, x: Tensor) -> Distribution:
-        q = self.flow(self.embed(x))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Distribution:
+        q = self.flow(self.embed(x, mask))
         shift = ((x - self.x_loc) / self.x_scale) @ self.theta_coef.T if self.theta_coef.shape[1] else 0.0
         return TransformedDistribution(q, [LowerAffineTransform(shift, self.theta_tril)], validate_args=False)
 
@@ -137,10 +164,10 @@ class NPENetwork(nn.Module):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def loss(self, u: Tensor, x: Tensor) -> Tensor:
+    def loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         r"""Returns :math:`-\log q(u | x)`, :math:`(B,)`, for standardized :math:`u`."""
 
-        return -self(x).log_prob(u)
+        return -self(x, mask).log_prob(u)
 
 
 class NPEPosterior(Posterior):
@@ -163,6 +190,7 @@ class NPEPosterior(Posterior):
         self.prior = prior
         self.network = network
         self.x_shape = network.x_shape
+        self.structure = network.structure
         self.transform = from_unconstrained(prior)
         self.parameter_names = list(parameter_names)
         self.specs = specs
@@ -182,6 +210,7 @@ class NPEPosterior(Posterior):
     def config(self) -> dict:
         return {
             "x_shape": list(self.x_shape),
+            "structure": self.structure,
             "parameter_names": self.parameter_names,
             **self.specs,
             "history": self.history,
@@ -213,7 +242,7 @@ class NPEPosterior(Posterior):
         summary = summary if summary is not None else io.build(specs["summary"])
         builder = flow if flow is not None else (lambda f, c: io.build(specs["flow"], f, c))
         features = from_unconstrained(prior).inverse_shape(prior.event_shape)[-1]
-        network = NPENetwork(features, config["x_shape"], summary, builder)
+        network = NPENetwork(features, config["x_shape"], summary, builder, config.get("structure"))
         posterior = cls(prior, network, config["parameter_names"], specs)
         posterior.history = config.get("history", {})
         return posterior
@@ -232,7 +261,12 @@ class NPE:
         parameter_names: A name per parameter, for ``to_arviz`` and plots.
         adjust: Whether the flow models the residual of a linear regression of the
             parameters on vector observations (see the module's description),
-            rather than the standardized parameters themselves.
+            rather than the standardized parameters themselves. ``"auto"`` (the
+            default) trains both and keeps the one with the lower validation loss:
+            twice the training, in exchange for the adjustment's large gain where
+            the posterior's location is close to linear in :math:`x`, without its
+            loss where it is far from linear. ``history["adjusted"]`` says which
+            was kept.
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -250,7 +284,7 @@ class NPE:
         flow: Callable | None = None,
         training: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
-        adjust: bool = True,
+        adjust: bool | str = "auto",
     ) -> None:
         self.prior = check_prior(prior)
         dim = self.prior.event_shape[0]
@@ -267,19 +301,41 @@ class NPE:
         self.flow = flow if flow is not None else coupling_flow
         self.training = training if training is not None else TrainConfig()
         self.parameter_names = names
-        self.adjust = bool(adjust)
+        if adjust not in (True, False, "auto"):
+            raise ValueError(f"adjust must be True, False or 'auto', got {adjust!r}.")
+        self.adjust = adjust
 
     def fit(self, data: Simulations) -> NPEPosterior:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
 
         data = training_data(self.prior, data)
+        trained = {adjust: self._fit(data, adjust) for adjust in self._choices(data)}
+        scores = {adjust: min(p.history["validation_loss"], default=math.inf) for adjust, p in trained.items()}
+        # both candidates train on the same rows and are validated on the same held-out rows
+        chosen = min(scores, key=scores.get)
+        best = trained[chosen]
+        best.history["adjusted"] = chosen
+        if len(trained) > 1:
+            best.history["best_validation_loss"] = {"adjusted": scores[True], "unadjusted": scores[False]}
+        return best
+
+    def _choices(self, data: Simulations) -> list[bool]:
+        if data.structure is not None or len(data.x_shape) != 1 or data.x_shape[0] > MAX_REGRESSORS:
+            return [False]  # no regressors: nothing to adjust
+        return [self.adjust] if self.adjust != "auto" else [True, False]
+
+    def _fit(self, data: Simulations, adjust: bool) -> NPEPosterior:
         config = self.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            summary = copy.deepcopy(self.summary) if self.summary is not None else _default_summary(data.x_shape)
+            structure = data.structure
+            if self.summary is not None:
+                summary = copy.deepcopy(self.summary)
+            else:
+                summary = _default_summary(data.x_shape, structure)
             transform = from_unconstrained(self.prior)
             features = transform.inverse_shape(self.prior.event_shape)[-1]
-            network = NPENetwork(features, data.x_shape, summary, self.flow)
+            network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
                 "prior": io.prior_spec(self.prior),
                 "prior_check": prior_fingerprint(self.prior),
@@ -291,7 +347,7 @@ class NPE:
             u = transform.inv(data.theta.double())
             for (loc, scale), values in (
                 ((network.theta_loc, network.theta_scale), u),
-                ((network.x_loc, network.x_scale), data.x),
+                ((network.x_loc, network.x_scale), data.x if structure is None else data.x[data.mask]),
             ):
                 mean, std = standardize(values)
                 loc.copy_(mean)
@@ -299,10 +355,12 @@ class NPE:
             u = posterior.unconstrain(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
-            if self.adjust:
+            if adjust:
                 z = ((data.x - network.x_loc) / network.x_scale).reshape(len(data), -1)
                 coef, tril = linear_adjustment(u, z[:, : network.theta_coef.shape[1]])
                 network.theta_coef.copy_(coef)
                 network.theta_tril.copy_(tril)
-            posterior.history = fit(network, (u, data.x), config)
+            tensors = (u, data.x) if structure is None else (u, data.x, data.mask)
+            name = "training" if len(self._choices(data)) == 1 else f"training ({'' if adjust else 'un'}adjusted)"
+            posterior.history = fit(network, tensors, config, name)
         return posterior

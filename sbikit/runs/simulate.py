@@ -311,8 +311,8 @@ def _summary(failures: list[Failure], total: int) -> str:
 
 def simulate(
     simulator: Callable,
-    prior: Distribution,
-    num_simulations: int,
+    prior: Distribution | None = None,
+    num_simulations: int | None = None,
     *,
     seed: int | None = None,
     batched: bool = True,
@@ -343,7 +343,9 @@ def simulate(
 
     Arguments:
         simulator: A function of parameters :math:`(B, D) \to (B, *)` when
-            ``batched``, else of one parameter vector :math:`(D,) \to (*)`.
+            ``batched``, else of one parameter vector :math:`(D,) \to (*)`; or a
+            structured model (:class:`sbikit.MixedEffects`), which holds its prior:
+            ``simulate(model, num_simulations, seed=...)``.
         prior: The prior, a distribution over :math:`(D,)` with a support.
         num_simulations: The number of simulations :math:`N`.
         seed: The root seed; fresh entropy if None (recorded in the result).
@@ -363,8 +365,21 @@ def simulate(
         (torch.Size([10, 2]), torch.Size([10, 2]))
     """
 
+    if getattr(simulator, "structure", None) is not None and hasattr(simulator, "simulate"):
+        # a structured model (sbikit.MixedEffects) holds its prior and draws its own structure
+        if isinstance(prior, (int, np.integer)) and not isinstance(prior, bool) and num_simulations is None:
+            prior, num_simulations = None, prior  # simulate(model, 5_000)
+        if prior is not None:
+            raise TypeError(
+                f"{type(simulator).__name__} holds its own prior; call sbikit.simulate(model, num_simulations, ...)."
+            )
+        if not (batched and not numpy and not rng):
+            raise TypeError(f"batched, numpy and rng do not apply to a {type(simulator).__name__}.")
+        return simulator.simulate(num_simulations, seed=seed, batch_size=batch_size, show_progress=show_progress)
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
+    if prior is None:
+        raise TypeError("simulate needs a prior: sbikit.simulate(simulator, prior, num_simulations).")
     prior = check_prior(prior)
     num_simulations = check_count(num_simulations, "num_simulations")
     batch_size = check_count(batch_size, "batch_size")
