@@ -11,6 +11,8 @@ and check it::
 __all__ = [
     "BoxUniform",
     "FormatError",
+    "HierarchicalNPE",
+    "HierarchicalPosterior",
     "MixedEffects",
     "NPE",
     "NPEPosterior",
@@ -33,7 +35,7 @@ __version__ = "0.1.0"
 from . import diagnostics
 from .data import Simulations
 from .errors import FormatError, TrainingError
-from .estimators import NPE, NPEPosterior
+from .estimators import NPE, HierarchicalNPE, HierarchicalPosterior, NPEPosterior
 from .flows import affine_coupling_flow, coupling_flow
 from .io import load
 from .models import MixedEffects, StateSpace, euler_maruyama
@@ -41,3 +43,12 @@ from .posterior import Posterior
 from .priors import BoxUniform, ProductPrior
 from .runs import simulate
 from .train import TrainConfig
+
+
+def __getattr__(name: str):
+    # the example simulators import sbikit themselves: load them on first use, not at import
+    if name == "simulators":
+        import importlib
+
+        return importlib.import_module(".simulators", __name__)
+    raise AttributeError(f"module 'sbikit' has no attribute {name!r}")

@@ -4,7 +4,7 @@ Only arviz 0.x (``InferenceData``) is used today; a port to 1.x touches this
 module alone.
 """
 
-__all__ = ["posterior_to_inference_data", "summary", "to_netcdf"]
+__all__ = ["members_to_inference_data", "posterior_to_inference_data", "summary", "to_netcdf"]
 
 import numpy as np
 import warnings
@@ -37,6 +37,33 @@ def posterior_to_inference_data(
         posterior=posterior,
         observed_data={"x": x},
         dims=dims,
+        attrs={"created_by": "sbikit", **(attrs or {})},
+    )
+
+
+def members_to_inference_data(
+    globals_: np.ndarray,
+    names: Sequence[str],
+    locals_: np.ndarray,
+    local_names: Sequence[str],
+    observed: np.ndarray,
+    attrs: dict | None = None,
+):
+    r"""Builds an InferenceData from global samples :math:`(C, S, G)` and local samples
+    :math:`(C, S, M, K)` of one group of :math:`M` members, which get a "member" dimension."""
+
+    az = _arviz()
+
+    posterior = {name: globals_[..., i] for i, name in enumerate(names)}
+    posterior.update({name: locals_[..., k] for k, name in enumerate(local_names)})
+    x = np.asarray(observed)
+    dims = {name: ["member"] for name in local_names}
+    dims["x"] = ["member", "x_feature"]
+    return az.from_dict(
+        posterior=posterior,
+        observed_data={"x": x},
+        dims=dims,
+        coords={"member": np.arange(x.shape[0])},
         attrs={"created_by": "sbikit", **(attrs or {})},
     )
 

@@ -9,7 +9,17 @@ trained with a custom prior, summary network or flow builder is loaded by
 passing that object again.
 """
 
-__all__ = ["FORMAT_VERSION", "save", "load", "prior_spec", "prior_from_spec", "builder_spec", "module_spec"]
+__all__ = [
+    "FORMAT_VERSION",
+    "save",
+    "load",
+    "prior_spec",
+    "prior_from_spec",
+    "constraint_spec",
+    "constraint_from_spec",
+    "builder_spec",
+    "module_spec",
+]
 
 import functools
 import importlib
@@ -26,13 +36,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import FormatError
-from .priors import BoxUniform, ProductPrior
+from .priors import BoxUniform, ProductPrior, SupportOnly
 
 # 2: the prior's fingerprint in the config; observations standardized per feature
 FORMAT_VERSION = 2
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
-_KINDS = {"NPE": "sbikit.estimators.npe:NPEPosterior"}
+_KINDS = {
+    "NPE": "sbikit.estimators.npe:NPEPosterior",
+    "HierarchicalNPE": "sbikit.estimators.hierarchical:HierarchicalPosterior",
+}
 
 
 def _resolve(target: str) -> object:
@@ -94,6 +107,53 @@ def _params(prior: D.Distribution) -> dict:
     return {n: getattr(prior, n).tolist() if torch.is_tensor(getattr(prior, n)) else getattr(prior, n) for n in names}
 
 
+def constraint_spec(constraint: D.constraints.Constraint) -> dict | None:
+    r"""Describes a support as JSON-able data, or None for one that is not rebuilt by name.
+
+    Example:
+        >>> constraint_spec(D.constraints.independent(D.constraints.interval(0.0, 1.0), 1))
+        {'name': 'independent', 'base': {'name': 'interval', 'lower': 0.0, 'upper': 1.0}, 'ndims': 1}
+    """
+
+    c = D.constraints
+    if isinstance(constraint, c.independent):
+        base = constraint_spec(constraint.base_constraint)
+        return None if base is None else {"name": "independent", "base": base, "ndims": constraint.reinterpreted_batch_ndims}
+    for name in ("real", "real_vector", "positive", "nonnegative", "unit_interval"):
+        if constraint is getattr(c, name):
+            return {"name": name}
+    kinds = {type(c.interval(0.0, 1.0)): "interval", type(c.greater_than(0.0)): "greater_than",
+             type(c.less_than(0.0)): "less_than"}
+    if type(constraint) in kinds:
+        bounds = {k: getattr(constraint, k) for k in ("lower_bound", "upper_bound") if hasattr(constraint, k)}
+        bounds = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in bounds.items()}
+        if _jsonable(bounds):
+            short = {"lower_bound": "lower", "upper_bound": "upper"}
+            return {"name": kinds[type(constraint)], **{short[k]: v for k, v in bounds.items()}}
+    return None
+
+
+def constraint_from_spec(spec: dict) -> D.constraints.Constraint:
+    r"""Rebuilds a support from :func:`constraint_spec`'s description."""
+
+    c = D.constraints
+    name = spec["name"]
+    if name == "independent":
+        return c.independent(constraint_from_spec(spec["base"]), spec["ndims"])
+    if name in ("real", "real_vector", "positive", "nonnegative", "unit_interval"):
+        return getattr(c, name)
+    def bound(value: object) -> object:
+        return torch.tensor(value) if isinstance(value, list) else value
+
+    if name == "interval":
+        return c.interval(bound(spec["lower"]), bound(spec["upper"]))
+    if name == "greater_than":
+        return c.greater_than(bound(spec["lower"]))
+    if name == "less_than":
+        return c.less_than(bound(spec["upper"]))
+    raise FormatError(f"unknown support {name!r} in the saved config.")
+
+
 def prior_spec(prior: D.Distribution) -> dict | None:
     r"""Describes a prior as JSON-able data, or None if it cannot be rebuilt.
 
@@ -102,6 +162,9 @@ def prior_spec(prior: D.Distribution) -> dict | None:
         {'type': 'BoxUniform', 'low': [0.0], 'high': [1.0]}
     """
 
+    if isinstance(prior, SupportOnly):
+        support = constraint_spec(prior.support)
+        return None if support is None else {"type": "SupportOnly", "support": support, "dim": prior.event_shape[0]}
     if isinstance(prior, BoxUniform):
         return {"type": "BoxUniform", "low": prior.low.tolist(), "high": prior.high.tolist()}
     if isinstance(prior, ProductPrior):
@@ -126,6 +189,8 @@ def prior_from_spec(spec: dict) -> D.Distribution:
     r"""Rebuilds a prior from :func:`prior_spec`'s description."""
 
     kind = spec["type"]
+    if kind == "SupportOnly":
+        return SupportOnly(constraint_from_spec(spec["support"]), spec["dim"])
     if kind == "BoxUniform":
         return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
     if kind == "ProductPrior":

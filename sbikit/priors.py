@@ -10,6 +10,7 @@ support and densities carry the Jacobian :math:`|\det J_T|`.
 __all__ = [
     "BoxUniform",
     "ProductPrior",
+    "SupportOnly",
     "check_prior",
     "check_same_prior",
     "from_unconstrained",
@@ -140,6 +141,49 @@ class ProductPrior(Distribution):
         return f"ProductPrior({self.marginals})"
 
 
+class SupportOnly(Distribution):
+    r"""Parameters known only by their support and dimension, with no fixed prior.
+
+    The local parameters of a mixed-effects model have a prior that depends on the
+    global ones, :math:`p(Y_L | Y_G)`; an estimator of :math:`p(Y_L | Y_G, x)` needs
+    only their support, to map it to unconstrained space. ``log_prob`` is 0 inside
+    the support and :math:`-\infty` outside (an improper flat density, used for
+    support checks only); there is nothing to sample.
+
+    Arguments:
+        support: The support, a torch constraint (element-wise, or of vectors).
+        dim: The number of parameters :math:`K`.
+
+    Example:
+        >>> locals_ = SupportOnly(constraints.positive, 2)
+        >>> locals_.log_prob(torch.tensor([[1.0, 2.0], [-1.0, 2.0]]))
+        tensor([0., -inf])
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, support: constraints.Constraint, dim: int) -> None:
+        if not isinstance(support, constraints.Constraint):
+            raise TypeError(f"support must be a torch constraint, got {type(support).__name__}.")
+        self._support = support
+        super().__init__(torch.Size(), torch.Size([int(dim)]), validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self._support
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        raise NotImplementedError(
+            "SupportOnly describes parameters without a fixed prior; there is nothing to sample."
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.where(in_support(self, value), 0.0, -torch.inf)
+
+    def __repr__(self) -> str:
+        return f"SupportOnly({self._support}, dim={self.event_shape[0]})"
+
+
 def check_prior(prior: object, name: str = "prior", scalar: bool = False) -> Distribution:
     r"""Checks that ``prior`` is a distribution over vectors with a known support.
 
@@ -249,7 +293,10 @@ def prior_fingerprint(prior: Distribution) -> dict:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        probe = prior.sample((8,))
+        if isinstance(prior, SupportOnly):  # no prior to draw from: points inside the support
+            probe = from_unconstrained(prior)(torch.randn(8, *prior.event_shape)).float()
+        else:
+            probe = prior.sample((8,))
     bounds = support_bounds(prior)
     return {
         "repr": repr(prior),

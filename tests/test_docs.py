@@ -1,5 +1,6 @@
 """The README's contract and every docstring example run as written."""
 
+import dataclasses
 import doctest
 import importlib
 import pkgutil
@@ -49,3 +50,24 @@ def test_readme_contract_runs_as_written(tmp_path, monkeypatch):
     sd = first.sample(20_000, x=namespace["x_obs"]).std(0)
     assert bool(((sd - 0.1).abs() < 0.02).all()), sd
     assert abs(float(sd.mean()) - 0.1) < 0.01, sd
+
+
+def test_readme_structured_contract_runs_as_written(tmp_path, monkeypatch):
+    # as written, with shorter training: accuracy is tested in test_structured.py and benchmarks/structured.py
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    contract = next(b for b in blocks if "HierarchicalNPE(model)" in b)
+    @dataclasses.dataclass(frozen=True)
+    class Quick(sbikit.TrainConfig):
+        max_epochs: int | None = 2
+        show_progress: bool | None = False
+
+    quick = Quick
+    monkeypatch.setattr(sbikit.estimators.npe, "TrainConfig", quick)
+    monkeypatch.setattr(sbikit.estimators.hierarchical, "TrainConfig", quick)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(contract, str(README), "exec"), namespace)
+    assert namespace["g"].shape == (1000, 2) and namespace["l"].shape == (1000, 23, 1)
+    assert namespace["idata"].posterior.sizes["member"] == 23
+    assert isinstance(namespace["posterior"].network.summary, sbikit.nn.GRUSummary)
+    assert namespace["data"].structure == "series"

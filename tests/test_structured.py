@@ -333,3 +333,88 @@ def test_npe_on_series_picks_a_recurrent_network_and_takes_any_length(tmp_path):
     loaded = sbikit.load(tmp_path / "ou.sbk")
     theta = ou.prior().sample((4,))
     assert torch.equal(loaded.log_prob(theta, x=data.x[1]), posterior.log_prob(theta, x=data.x[1]))
+
+
+# --- the joint posterior of globals and locals ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def joint_posterior():
+    model = hierarchical_gaussian.model(num_members=(5, 30))
+    data = sbikit.simulate(model, num_simulations=3_000, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(show_progress=False, max_epochs=60)
+    return model, sbikit.HierarchicalNPE(model, training=config).fit(data)
+
+
+def test_local_posterior_matches_the_exact_conditional(joint_posterior):
+    # given (mu, tau) and x_j, the local is normal with precision 1/tau^2 + 1/0.3^2
+    _, joint = joint_posterior
+    for mu, tau, x_j in ((0.3, 0.5, 1.0), (-0.8, 0.25, -0.5)):
+        g = torch.tensor([[mu, tau]])
+        exact = hierarchical_gaussian.local_posterior(g.expand(20_000, 2), torch.tensor(x_j), seed=0)[:, 0]
+        context = joint._context(g, torch.tensor([[x_j]]))[0]
+        samples = joint.local_posterior.sample(20_000, x=context[0])[:, 0]
+        assert abs(float(samples.mean() - exact.mean())) < 0.2 * float(exact.std())
+        assert abs(float(samples.std() / exact.std()) - 1) < 0.15
+
+
+def test_joint_samples_shapes_names_and_arviz(joint_posterior):
+    _, joint = joint_posterior
+    x = 0.4 + 0.5 * torch.randn(23, 1, generator=torch.Generator().manual_seed(0))
+    g, local = joint.sample_joint(1_000, x=x)
+    assert g.shape == (1_000, 2) and local.shape == (1_000, 23, 1)
+    assert bool((g[:, 1] > 0).all())
+    # each member's local sits between its data and the group mean: closer to x_j than the spread
+    assert float((local.mean(0)[:, 0] - x[:, 0]).abs().max()) < 0.5
+    idata = joint.to_arviz(x, num_samples=1_000)
+    assert idata.posterior["local_0"].dims == ("chain", "draw", "member")
+    assert idata.posterior.sizes["member"] == 23 and set(joint.parameter_names) <= set(idata.posterior.data_vars)
+    assert joint.log_prob_joint(g[:5], local[:5], x).shape == (5,)
+
+
+def test_joint_posterior_round_trips(joint_posterior, tmp_path):
+    _, joint = joint_posterior
+    joint.save(tmp_path / "joint.sbk")
+    loaded = sbikit.load(tmp_path / "joint.sbk")
+    assert isinstance(loaded, sbikit.HierarchicalPosterior)
+    x = torch.randn(7, 1)
+    torch.manual_seed(0)
+    g, local = joint.sample_joint(50, x=x)
+    torch.manual_seed(0)
+    g2, local2 = loaded.sample_joint(50, x=x)
+    assert torch.equal(g, g2) and torch.equal(local, local2)
+    assert torch.equal(loaded.log_prob_joint(g, local, x), joint.log_prob_joint(g, local, x))
+
+
+def test_hierarchical_npe_refuses_what_it_cannot_learn():
+    with pytest.raises(TypeError, match="MixedEffects"):
+        sbikit.HierarchicalNPE(ou.model())
+    model = hierarchical_gaussian.model(num_members=3)
+    with pytest.raises(TypeError, match="mixed-effects simulations"):
+        sbikit.HierarchicalNPE(model).fit(sbikit.Simulations(theta=torch.rand(10, 2), x=torch.randn(10, 3)))
+    moving = sbikit.MixedEffects(
+        global_prior=sbikit.BoxUniform(torch.ones(1), 2 * torch.ones(1)),
+        local_prior=lambda g: Independent(torch.distributions.Uniform(torch.zeros_like(g), g), 1),
+        member_simulator=lambda g, l: l + 0.1 * torch.randn_like(l),
+        num_members=3,
+    )
+    data = sbikit.simulate(moving, 50, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(show_progress=False, max_epochs=1)
+    with pytest.raises(ValueError, match="changes with the global parameters"):
+        sbikit.HierarchicalNPE(moving, training=config).fit(data)
+
+
+def test_bounded_locals_get_the_support_of_one_member():
+    from sbikit.estimators.hierarchical import _local_support
+    from sbikit.priors import support_bounds
+
+    model = sbikit.MixedEffects(
+        global_prior=sbikit.BoxUniform(torch.ones(2), 2 * torch.ones(2)),
+        local_prior=lambda g: Independent(torch.distributions.Uniform(torch.zeros_like(g), 3 * torch.ones_like(g)), 1),
+        member_simulator=lambda g, l: l + 0.1 * torch.randn_like(l),
+        num_members=3,
+    )
+    support = _local_support(model, model.global_prior.sample((8,)), 2)
+    low, high = support_bounds(support)
+    assert low.tolist() == [0.0, 0.0] and high.tolist() == [3.0, 3.0]
+    assert support.log_prob(torch.tensor([[1.0, 2.9], [1.0, 3.1]])).tolist() == [0.0, -float("inf")]

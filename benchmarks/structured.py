@@ -1,0 +1,117 @@
+r"""Accuracy of NPE and HierarchicalNPE on structured simulators with exact answers.
+
+- ``hierarchical_gaussian``: groups of 10 to 100 members. C2ST of the global
+  posterior p(mu, tau | X) against the grid reference, and of the joint posterior of
+  (mu, tau, l_1) (the globals and the first member's local) against the exact joint
+  (grid globals, then the normal conditional of the local); and the posterior sd of
+  mu against the member count, beside the exact one (tau known, 0.5).
+- ``ornstein_uhlenbeck``: C2ST against importance sampling on the exact (Kalman)
+  likelihood.
+
+Run it from the repository root::
+
+    python benchmarks/structured.py                    # the budgets of issue 7: 20,000 groups, 5,000 series
+    python benchmarks/structured.py --quick            # smoke test: small budgets, 2 observations
+"""
+
+import argparse
+import sys
+import time
+import torch
+
+import sbikit
+
+from sbikit.diagnostics import c2st
+from sbikit.simulators import hierarchical_gaussian as hg
+from sbikit.simulators import ornstein_uhlenbeck as ou
+
+NUM_SAMPLES = 5_000
+
+
+def _score(reference: torch.Tensor, samples: torch.Tensor, seed: int) -> float:
+    result = c2st(reference, samples, seed=seed)
+    return float(getattr(result, "accuracy", result))
+
+
+def hierarchical(budget: int, num_observations: int, seed: int) -> list[str]:
+    lines = []
+    model = hg.model(num_members=(10, 100))
+    data = sbikit.simulate(model, num_simulations=budget, seed=seed, show_progress=False)
+    config = sbikit.TrainConfig(show_progress=False, seed=seed)
+    start = time.perf_counter()
+    joint = sbikit.HierarchicalNPE(model, training=config).fit(data)
+    seconds = time.perf_counter() - start
+    test = sbikit.simulate(model, num_simulations=num_observations, seed=seed + 1_000_000, show_progress=False)
+    global_scores, joint_scores = [], []
+    for k in range(num_observations):
+        x = test.x[k][test.mask[k]]
+        reference = hg.reference_posterior(x, NUM_SAMPLES, seed=seed + k)
+        local = hg.local_posterior(reference, x[0, 0], seed=seed + k)
+        g, l = joint.sample_joint(NUM_SAMPLES, x=x)
+        global_scores.append(_score(reference, g, seed))
+        joint_scores.append(_score(torch.cat([reference, local], 1), torch.cat([g, l[:, 0]], 1), seed))
+        print(f"hierarchical_gaussian observation {k}: {len(x)} members, C2ST global {global_scores[-1]:.3f}, "
+              f"joint {joint_scores[-1]:.3f}", flush=True)
+    lines.append(f"| hierarchical_gaussian, global (mu, tau) | {budget:,} | {sum(global_scores) / len(global_scores):.3f} "
+                 f"| {max(global_scores):.3f} | {seconds:.0f} |")
+    lines.append(f"| hierarchical_gaussian, joint (mu, tau, l_1) | {budget:,} | "
+                 f"{sum(joint_scores) / len(joint_scores):.3f} | {max(joint_scores):.3f} | (same) |")
+    return lines
+
+
+def widths(budget: int, seed: int) -> list[str]:
+    r"""The posterior sd of mu with tau known (0.5) against the member count, beside the exact sd."""
+
+    model = hg.model(tau=0.5, num_members=(10, 100))
+    data = sbikit.simulate(model, num_simulations=budget, seed=seed, show_progress=False)
+    posterior = sbikit.NPE(model.prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+    generator = torch.Generator().manual_seed(seed)
+    lines = []
+    for members in (10, 20, 50, 100):
+        sds, exact = [], []
+        for _ in range(20):
+            mu = torch.randn(1, generator=generator)
+            x = mu + (0.5**2 + hg.NOISE**2) ** 0.5 * torch.randn(members, 1, generator=generator)
+            sds.append(float(posterior.sample(4_000, x=x).std()))
+            exact.append(float(hg.mean_posterior(x, 0.5).scale))
+        mean_sd, mean_exact = sum(sds) / len(sds), sum(exact) / len(exact)
+        lines.append(f"| {members} | {mean_sd:.4f} | {mean_exact:.4f} | {mean_sd / mean_exact:.3f} |")
+    return lines
+
+
+def ornstein_uhlenbeck(budget: int, num_observations: int, seed: int) -> list[str]:
+    model = ou.model()
+    data = sbikit.simulate(model, num_simulations=budget, seed=seed, show_progress=False)
+    start = time.perf_counter()
+    posterior = sbikit.NPE(model.prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+    seconds = time.perf_counter() - start
+    test = sbikit.simulate(model, num_simulations=num_observations, seed=seed + 1_000_000, show_progress=False)
+    scores = []
+    for k in range(num_observations):
+        reference = ou.reference_posterior(test.x[k], NUM_SAMPLES, seed=seed + k)
+        scores.append(_score(reference, posterior.sample(NUM_SAMPLES, x=test.x[k]), seed))
+        print(f"ornstein_uhlenbeck observation {k}: C2ST {scores[-1]:.3f}", flush=True)
+    return [f"| ornstein_uhlenbeck | {budget:,} | {sum(scores) / len(scores):.3f} | {max(scores):.3f} | {seconds:.0f} |"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small budgets and 2 observations")
+    parser.add_argument("--observations", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    groups, series, k = (20_000, 5_000, args.observations) if not args.quick else (1_000, 500, 2)
+    print(f"sbikit {sbikit.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    start = time.perf_counter()
+    rows = hierarchical(groups, k, args.seed) + ornstein_uhlenbeck(series, k, args.seed)
+    width_rows = widths(groups, args.seed)
+    print("\n| task | simulations | C2ST mean | C2ST max | train s |\n|:--|--:|--:|--:|--:|")
+    print("\n".join(rows))
+    print("\nposterior sd of mu (tau = 0.5 known), mean over 20 groups per member count\n")
+    print("| members | NPE sd | exact sd | ratio |\n|--:|--:|--:|--:|")
+    print("\n".join(width_rows))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
