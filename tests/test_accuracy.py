@@ -22,12 +22,15 @@ def test_gaussian_linear_small_budget():
     prior = gaussian_linear.prior()
     data = sbikit.simulate(gaussian_linear.simulator, prior, 3_000, seed=0, show_progress=False)
     posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(show_progress=False)).fit(data)
-    # measured 0.69 here; returning the prior, or a posterior off by a scale of 2, scores above 0.9
-    assert _c2st(posterior, gaussian_linear, seed=0) < 0.72
+    # measured 0.54 here (0.69 before the regression adjustment); returning the prior, or a
+    # posterior off by a scale of 2, scores above 0.9
+    assert _c2st(posterior, gaussian_linear, seed=0) < 0.60
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, bound", [(two_moons, 0.62), (gaussian_linear, 0.62)], ids=["two_moons", "gaussian_linear"])
+# measured (observations 0 and 1): two_moons 0.567 and 0.532, gaussian_linear 0.511 and 0.513; the
+# bounds leave room for the training's scatter between machines (about +-0.03 on two_moons)
+@pytest.mark.parametrize("module, bound", [(two_moons, 0.61), (gaussian_linear, 0.56)], ids=["two_moons", "gaussian_linear"])
 def test_ten_thousand_simulations(module, bound):
     prior = module.prior()
     data = sbikit.simulate(module.simulator, prior, 10_000, seed=0, show_progress=False)
