@@ -67,6 +67,23 @@ def _member_seeds(seeds: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return mix64(owner ^ mix64((index + np.uint64(1)) * _MEMBER))
 
 
+def _run_chunks(model, num_simulations: int, seed: int | None, batch_size: int, show_progress, unit: str):
+    r"""Runs ``model.run_chunk`` over consecutive chunks with a progress bar; returns the root seed
+    and the chunks' results."""
+
+    num_simulations = check_count(num_simulations, "num_simulations")
+    batch_size = check_count(batch_size, "batch_size")
+    root = root_seed(seed)
+    chunks = []
+    disable = None if show_progress is None else not show_progress
+    with tqdm(total=num_simulations, desc="simulating", unit=unit, disable=disable) as bar:
+        for start in range(0, num_simulations, batch_size):
+            stop = min(start + batch_size, num_simulations)
+            chunks.append(model.run_chunk(root, start, stop))
+            bar.update(stop - start)
+    return root, chunks
+
+
 class MixedEffects:
     r"""A group of members with global and local parameters.
 
@@ -254,16 +271,7 @@ class MixedEffects:
     ) -> Simulations:
         r"""Simulates ``num_simulations`` groups; see :func:`sbikit.simulate`."""
 
-        num_simulations = check_count(num_simulations, "num_simulations")
-        batch_size = check_count(batch_size, "batch_size")
-        root = root_seed(seed)
-        chunks = []
-        disable = None if show_progress is None else not show_progress
-        with tqdm(total=num_simulations, desc="simulating", unit="group", disable=disable) as bar:
-            for start in range(0, num_simulations, batch_size):
-                stop = min(start + batch_size, num_simulations)
-                chunks.append(self.run_chunk(root, start, stop))
-                bar.update(stop - start)
+        root, chunks = _run_chunks(self, num_simulations, seed, batch_size, show_progress, "group")
         theta = torch.cat([c[0] for c in chunks])
         counts = np.concatenate([c[3] for c in chunks])
         widths = {(c[1].shape[1], c[2].shape[1]) for c in chunks}
@@ -469,16 +477,7 @@ class StateSpace:
     ) -> Simulations:
         r"""Simulates ``num_simulations`` series; see :func:`sbikit.simulate`."""
 
-        num_simulations = check_count(num_simulations, "num_simulations")
-        batch_size = check_count(batch_size, "batch_size")
-        root = root_seed(seed)
-        chunks = []
-        disable = None if show_progress is None else not show_progress
-        with tqdm(total=num_simulations, desc="simulating", unit="series", disable=disable) as bar:
-            for start in range(0, num_simulations, batch_size):
-                stop = min(start + batch_size, num_simulations)
-                chunks.append(self.run_chunk(root, start, stop))
-                bar.update(stop - start)
+        root, chunks = _run_chunks(self, num_simulations, seed, batch_size, show_progress, "series")
         widths = {c[1].shape[-1] for c in chunks}
         if len(widths) > 1:
             raise ValueError(f"observations have different numbers of features across batches: {sorted(widths)}.")

@@ -14,27 +14,7 @@ import torch.nn as nn
 
 from torch import Tensor
 
-from .sets import _mlp
-
-
-def step_mask(x: Tensor, mask: Tensor | None) -> Tensor:
-    r"""Returns the mask :math:`(B, T)` as booleans, all True when ``mask`` is None.
-
-    Raises:
-        ValueError: If ``x`` is not :math:`(B, T, L)`, the mask's shape is not
-            :math:`(B, T)`, or a row has no observed step.
-    """
-
-    if x.ndim != 3:
-        raise ValueError(f"series must have shape (B, T, L), got {tuple(x.shape)}.")
-    if mask is None:
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    elif mask.shape != x.shape[:2]:
-        raise ValueError(f"mask must have shape {tuple(x.shape[:2])} (B, T), got {tuple(mask.shape)}.")
-    mask = mask.bool()
-    if x.shape[0] and not bool(mask.any(1).all()):
-        raise ValueError("every series needs at least one observed step; a row of the mask is all False.")
-    return mask
+from .sets import _mlp, presence_mask
 
 
 def _with_mask_channel(x: Tensor, mask: Tensor) -> Tensor:
@@ -76,7 +56,7 @@ class GRUSummary(nn.Module):
         self.out = _mlp([hidden_features + 1, hidden_features, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = step_mask(x, mask)
+        mask = presence_mask(x, mask, "time steps")
         last = _last(mask)
         # run only as far as the longest series in the batch: trailing padding is never read
         steps = int(last.max()) + 1 if x.shape[0] else 0
@@ -127,7 +107,7 @@ class ConvSummary(nn.Module):
         self.out = _mlp([2 * widths[-1] + 1, 64, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = step_mask(x, mask)
+        mask = presence_mask(x, mask, "time steps")
         weight = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
         h = _with_mask_channel(x, mask).transpose(1, 2)
         for conv in self.convs:

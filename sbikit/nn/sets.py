@@ -25,23 +25,23 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def member_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+def presence_mask(x: Tensor, mask: Tensor | None, what: str = "members") -> Tensor:
     r"""Returns the mask :math:`(B, M)` as booleans, all True when ``mask`` is None.
 
     Raises:
         ValueError: If ``x`` is not :math:`(B, M, L)`, the mask's shape is not
-            :math:`(B, M)`, or a row has no member present.
+            :math:`(B, M)`, or a row has nothing present (an empty set or series).
     """
 
     if x.ndim != 3:
-        raise ValueError(f"set observations must have shape (B, M, L), got {tuple(x.shape)}.")
+        raise ValueError(f"{what} must come as a batch of shape (B, M, L), got {tuple(x.shape)}.")
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     elif mask.shape != x.shape[:2]:
         raise ValueError(f"mask must have shape {tuple(x.shape[:2])} (B, M), got {tuple(mask.shape)}.")
     mask = mask.bool()
     if x.shape[0] and not bool(mask.any(1).all()):
-        raise ValueError("every set needs at least one member; a row of the mask is all False (an empty set).")
+        raise ValueError(f"every row needs at least one of its {what}; a row of the mask is all False.")
     return mask
 
 
@@ -87,7 +87,7 @@ class DeepSet(nn.Module):
         self.rho = _mlp([pooled_features + 1, *hidden, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = member_mask(x, mask)
+        mask = presence_mask(x, mask)
         weight = mask.unsqueeze(-1).to(x.dtype)
         h = self.phi(torch.where(mask.unsqueeze(-1), x, 0.0))
         pooled = (h * weight).sum(1) / weight.sum(1).clamp_min(1.0)
@@ -161,7 +161,7 @@ class SetTransformer(nn.Module):
         self.out = _mlp([features + 1, features, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = member_mask(x, mask)
+        mask = presence_mask(x, mask)
         ignore = ~mask
         h = self.embed(torch.where(mask.unsqueeze(-1), x, 0.0))
         batch = x.shape[0]
