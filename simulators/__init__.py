@@ -6,6 +6,22 @@ Structured examples define ``model()`` instead, a :class:`sbikit.MixedEffects` o
 :class:`sbikit.StateSpace`.
 """
 
-__all__ = ["gaussian_linear", "hierarchical_gaussian", "ornstein_uhlenbeck", "poisson_glm", "sinusoid", "two_moons"]
+__all__ = [
+    "galactic_disk",
+    "gaussian_linear",
+    "hierarchical_gaussian",
+    "ornstein_uhlenbeck",
+    "poisson_glm",
+    "sinusoid",
+    "two_moons",
+]
 
-from . import gaussian_linear, hierarchical_gaussian, ornstein_uhlenbeck, poisson_glm, sinusoid, two_moons
+from . import (
+    galactic_disk,
+    gaussian_linear,
+    hierarchical_gaussian,
+    ornstein_uhlenbeck,
+    poisson_glm,
+    sinusoid,
+    two_moons,
+)

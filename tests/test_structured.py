@@ -418,3 +418,46 @@ def test_bounded_locals_get_the_support_of_one_member():
     low, high = support_bounds(support)
     assert low.tolist() == [0.0, 0.0] and high.tolist() == [3.0, 3.0]
     assert support.log_prob(torch.tensor([[1.0, 2.9], [1.0, 3.1]])).tolist() == [0.0, -float("inf")]
+
+
+# --- the Milky Way disk ------------------------------------------------------------------
+
+
+from scipy import stats  # noqa: E402
+
+from sbikit.simulators import galactic_disk as gd  # noqa: E402
+
+
+@pytest.mark.parametrize("theta", [[50.0, 0.01, 20.0], [30.0, 0.0, 30.0], [70.0, 0.03, 15.0]])
+def test_disk_stars_follow_the_isothermal_density(theta):
+    theta = torch.tensor([theta]).expand(100_000, 3)
+    stars = gd.IsothermalDisk(theta).sample()
+    # heights: |z| against the CDF of nu(z) = exp(-Phi(z) / sigma^2) by fine quadrature
+    z = torch.linspace(0, 40_000, 400_001, dtype=torch.float64)
+    nu = torch.exp(-gd.potential(z[None], theta[:1].double())[0] / float(theta[0, 2]) ** 2)
+    cdf = (torch.cumsum(nu, 0) / nu.sum()).numpy()
+    assert stats.kstest(stars[:, 0].abs().numpy(), lambda q: np.interp(q, z.numpy(), cdf)).pvalue > 0.001
+    assert abs(float((stars[:, 0] > 0).float().mean()) - 0.5) < 0.006
+    # velocities: N(0, sigma^2), independent of the height
+    assert abs(float(stars[:, 1].std()) / float(theta[0, 2]) - 1) < 0.01
+    assert abs(np.corrcoef(stars[:, 0].abs().numpy(), stars[:, 1].abs().numpy())[0, 1]) < 0.015
+
+
+def test_disk_density_is_normalized():
+    theta = torch.tensor([[50.0, 0.01, 20.0]])
+    z = torch.linspace(-4_000, 4_000, 1601)
+    v = torch.linspace(-120, 120, 241)
+    grid = torch.stack(torch.meshgrid(z, v, indexing="ij"), -1).reshape(-1, 2)
+    log_p = gd.IsothermalDisk(theta.expand(len(grid), 3)).log_prob(grid)
+    total = float(log_p.double().exp().sum()) * float(z[1] - z[0]) * float(v[1] - v[0])
+    assert total == pytest.approx(1.0, abs=0.01)
+
+
+def test_disk_model_observes_stars_with_their_errors():
+    data = sbikit.simulate(gd.model(num_members=(500, 800)), 40, seed=0, show_progress=False)
+    assert data.x.shape[1:] == (800, 2) and data.theta_local.shape[1:] == (800, 2)
+    errors = (data.x - data.theta_local)[data.mask]
+    assert torch.allclose(errors.std(0), torch.tensor([gd.POSITION_ERROR, gd.VELOCITY_ERROR]), rtol=0.02)
+    # stars of one galaxy: the velocity dispersion is the global sigma
+    dispersion = torch.stack([data.theta_local[i][data.mask[i]][:, 1].std() for i in range(40)])
+    assert float((dispersion / data.theta[:, 2] - 1).abs().max()) < 0.15
