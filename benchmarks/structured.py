@@ -7,11 +7,15 @@ r"""Accuracy of NPE and HierarchicalNPE on structured simulators with exact answ
   mu against the member count, beside the exact one (tau known, 0.5).
 - ``ornstein_uhlenbeck``: C2ST against importance sampling on the exact (Kalman)
   likelihood.
+- ``galactic_disk`` (``--only disk``): whether the central 68% and 95% intervals of the
+  dark-matter density hold the truth in 68% and 95% of 100 held-out galaxies, and the
+  posterior's relative width against the number of stars.
 
 Run it from the repository root::
 
     python benchmarks/structured.py                    # the budgets of issue 7: 20,000 groups, 5,000 series
     python benchmarks/structured.py --quick            # smoke test: small budgets, 2 observations
+    python benchmarks/structured.py --only disk        # galactic_disk: calibration over 100 held-out galaxies
 """
 
 import argparse
@@ -94,12 +98,57 @@ def ornstein_uhlenbeck(budget: int, num_observations: int, seed: int) -> list[st
     return [f"| ornstein_uhlenbeck | {budget:,} | {sum(scores) / len(scores):.3f} | {max(scores):.3f} | {seconds:.0f} |"]
 
 
+def galactic_disk(budget: int, num_test: int, seed: int) -> tuple[list[str], list[str]]:
+    r"""Calibration of the dark-matter density over held-out galaxies, and the width against
+    the number of stars."""
+
+    from sbikit.simulators import galactic_disk as gd
+
+    model = gd.model(num_members=(500, 2_000))
+    data = sbikit.simulate(model, num_simulations=budget, seed=seed, show_progress=False)
+    start = time.perf_counter()
+    posterior = sbikit.NPE(model.prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+    seconds = time.perf_counter() - start
+    test = sbikit.simulate(model, num_simulations=num_test, seed=seed + 1_000_000, show_progress=False)
+    inside68 = inside95 = 0
+    widths_by_stars = {n: [] for n in (250, 500, 1_000, 2_000)}
+    for k in range(num_test):
+        stars = test.x[k][test.mask[k]]
+        rho = posterior.sample(2_000, x=stars)[:, 1]
+        q = torch.quantile(rho, torch.tensor([0.025, 0.16, 0.84, 0.975]))
+        truth = float(test.theta[k, 1])
+        inside68 += int(q[1] <= truth <= q[2])
+        inside95 += int(q[0] <= truth <= q[3])
+        for n in widths_by_stars:
+            if n <= len(stars):
+                r = posterior.sample(2_000, x=stars[:n])[:, 1]
+                spread = torch.quantile(r, torch.tensor([0.16, 0.84]))
+                widths_by_stars[n].append(float(spread[1] - spread[0]) / 2 / max(truth, 1e-3))
+    rows = [f"| galactic_disk, {num_test} held-out galaxies | {budget:,} | 68%: {100 * inside68 / num_test:.0f}% "
+            f"| 95%: {100 * inside95 / num_test:.0f}% | {seconds:.0f} |"]
+    width_rows = [
+        f"| {n:,} | {torch.tensor(w).median():.3f} | {len(w)} |" for n, w in widths_by_stars.items() if w
+    ]
+    return rows, width_rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small budgets and 2 observations")
     parser.add_argument("--observations", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["hierarchical", "ou", "disk"], help="run one part")
+    parser.add_argument("--disk-budget", type=int, default=4_000, metavar="N", help="galaxies to train on")
     args = parser.parse_args(argv)
+    if args.only == "disk":
+        budget, tests = (args.disk_budget, 100) if not args.quick else (300, 10)
+        rows, width_rows = galactic_disk(budget, tests, args.seed)
+        print("\n| task | simulations | central 68% holds the truth | central 95% | train s |\n|:--|--:|--:|--:|--:|")
+        print("\n".join(rows))
+        print("\nposterior half-width (16-84%) of the dark-matter density over its true value, median over galaxies\n")
+        print("| stars | relative half-width | galaxies |\n|--:|--:|--:|")
+        print("\n".join(width_rows))
+        return
     groups, series, k = (20_000, 5_000, args.observations) if not args.quick else (1_000, 500, 2)
     print(f"sbikit {sbikit.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     start = time.perf_counter()
