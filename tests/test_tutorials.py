@@ -11,3 +11,13 @@ def test_custom_simulator_tutorial(tmp_path):
     assert samples.shape == (2000, 4, 3)
     assert bool((samples[..., 0] > 0).all()) and bool(((samples[..., 1] > 0) & (samples[..., 1] < 1)).all())
     assert (tmp_path / "oscillator.png").stat().st_size > 0
+
+
+def test_mixed_effects_tutorial(tmp_path):
+    module = runpy.run_path(str(TUTORIALS / "mixed_effects.py"))
+    result = module["main"](num_simulations=300, out=str(tmp_path))
+    members = result["levels"].shape[1]
+    assert result["globals"].shape == (2000, 2) and result["levels"].shape == (2000, members, 1)
+    assert bool((result["globals"][:, 1] > 0).all())
+    assert result["idata"].posterior.sizes["member"] == members
+    assert (tmp_path / "clinic.png").stat().st_size > 0
