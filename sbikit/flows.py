@@ -72,8 +72,8 @@ def coupling_flow(
     random permutations between layers mix the halves.
 
     The defaults (3 couplings, conditioners of 64 × 64) are smaller than zuko's.
-    Each step costs a fraction of the larger flow's, and where NPE's regression adjustment applies,
-    the flow models a residual that is close to standard normal. Sharply curved
+    Each step costs a fraction of the larger flow's, and where NPE's regression
+    adjustment applies, the flow models a residual that is close to standard normal. Sharply curved
     posteriors may gain from more layers: ``functools.partial(coupling_flow,
     transforms=5)``.
 

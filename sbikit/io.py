@@ -118,7 +118,9 @@ def constraint_spec(constraint: D.constraints.Constraint) -> dict | None:
     c = D.constraints
     if isinstance(constraint, c.independent):
         base = constraint_spec(constraint.base_constraint)
-        return None if base is None else {"name": "independent", "base": base, "ndims": constraint.reinterpreted_batch_ndims}
+        if base is None:
+            return None
+        return {"name": "independent", "base": base, "ndims": constraint.reinterpreted_batch_ndims}
     for name in ("real", "real_vector", "positive", "nonnegative", "unit_interval"):
         if constraint is getattr(c, name):
             return {"name": name}

@@ -395,7 +395,8 @@ class StateSpace:
             return grid.clone(), torch.ones(grid.shape, dtype=torch.bool)
         grids = []
         for i, key in enumerate(stream_keys(seeds, NUMPY)):
-            grids.append(self._check_times(self.times(np.random.default_rng(int(key))), f"times(rng) of simulation {start + i}"))
+            times = self.times(np.random.default_rng(int(key)))
+            grids.append(self._check_times(times, f"times(rng) of simulation {start + i}"))
         length = max(len(g) for g in grids)
         mask = torch.arange(length) < torch.tensor([len(g) for g in grids]).unsqueeze(1)
         padded = torch.stack([torch.cat([g, g[-1:].expand(length - len(g))]) for g in grids])

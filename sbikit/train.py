@@ -84,7 +84,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and name in _AUTOMATIC:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not value > 0 or not math.isfinite(value):
                 raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}.")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(

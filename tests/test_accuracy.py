@@ -30,7 +30,9 @@ def test_gaussian_linear_small_budget():
 @pytest.mark.slow
 # measured (observations 0 and 1): two_moons 0.567 and 0.532, gaussian_linear 0.511 and 0.513; the
 # bounds leave room for the training's scatter between machines (about +-0.03 on two_moons)
-@pytest.mark.parametrize("module, bound", [(two_moons, 0.61), (gaussian_linear, 0.56)], ids=["two_moons", "gaussian_linear"])
+@pytest.mark.parametrize(
+    "module, bound", [(two_moons, 0.61), (gaussian_linear, 0.56)], ids=["two_moons", "gaussian_linear"]
+)
 def test_ten_thousand_simulations(module, bound):
     prior = module.prior()
     data = sbikit.simulate(module.simulator, prior, 10_000, seed=0, show_progress=False)

@@ -45,7 +45,9 @@ def _describe(constraint) -> tuple:
     while isinstance(constraint, constraints.independent):
         constraint = constraint.base_constraint
     bounds = [getattr(constraint, name, None) for name in ("lower_bound", "upper_bound")]
-    values = tuple(None if b is None else tuple(torch.as_tensor(b, dtype=torch.float64).flatten().tolist()) for b in bounds)
+    values = tuple(
+        None if b is None else tuple(torch.as_tensor(b, dtype=torch.float64).flatten().tolist()) for b in bounds
+    )
     return type(constraint), values
 
 
