@@ -67,6 +67,18 @@ def _member_seeds(seeds: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return mix64(owner ^ mix64((index + np.uint64(1)) * _MEMBER))
 
 
+def _record_nonfinite(failures: list[Failure], rows, start: int, source: str) -> None:
+    r"""Records each row (one tensor per simulation, from index ``start``) that holds NaN or inf
+    and has not already failed."""
+
+    failed = {f.index for f in failures}
+    for i, values in enumerate(rows):
+        if start + i in failed or bool(torch.isfinite(values).all()):
+            continue
+        kind = "nan" if bool(torch.isnan(values).any()) else "inf"
+        failures.append(Failure(start + i, kind, f"{source} returned {kind}"))
+
+
 def _run_chunks(model, num_simulations: int, seed: int | None, batch_size: int, show_progress, unit: str):
     r"""Runs ``model.run_chunk`` over consecutive chunks with a progress bar; returns the root seed
     and the chunks' results."""
@@ -226,14 +238,7 @@ class MixedEffects:
                 raise
             except Exception:  # noqa: BLE001 - one group's error must not sink the others: retry each
                 local, x, failures, unattributed = self._one_by_one(g, counts, members, start)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        for i in range(len(counts)):
-            rows = slice(int(offsets[i]), int(offsets[i + 1]))
-            if any(f.index == start + i for f in failures):
-                continue
-            if not bool(torch.isfinite(x[rows]).all()):
-                kind = "nan" if bool(torch.isnan(x[rows]).any()) else "inf"
-                failures.append(Failure(start + i, kind, f"member_simulator returned {kind}"))
+        _record_nonfinite(failures, x.split(counts.tolist()), start, "member_simulator")
         return theta, x, local, counts, failures, unattributed
 
     def _one_by_one(self, g: Tensor, counts: np.ndarray, members: np.ndarray, start: int):
@@ -460,12 +465,7 @@ class StateSpace:
                     raise RuntimeError(f"all simulations {start} to {stop - 1} raised: {failures[0].message}")
                 nan = torch.full((times.shape[1], width), torch.nan)
                 x = torch.stack([r if r is not None else nan for r in rows])
-        failed = {f.index for f in failures}
-        for i in range(len(seeds)):
-            values = x[i][mask[i]]
-            if start + i not in failed and not bool(torch.isfinite(values).all()):
-                kind = "nan" if bool(torch.isnan(values).any()) else "inf"
-                failures.append(Failure(start + i, kind, f"the model returned {kind}"))
+        _record_nonfinite(failures, (row[present] for row, present in zip(x, mask)), start, "the model")
         return theta, x, mask, failures, unattributed
 
     def simulate(

@@ -27,7 +27,7 @@ from torch import Size, Tensor
 from torch.distributions import Distribution, constraints
 
 from .. import _arviz
-from .._checks import check_count, check_x
+from .._checks import check_count
 from ..data import Simulations
 from ..models import MixedEffects
 from ..posterior import Posterior
@@ -37,6 +37,16 @@ from .base import training_data
 from .npe import NPE, NPEPosterior
 
 MAX_MEMBER_ROWS = 200_000  # member rows the local flow trains on, drawn at random beyond this
+
+
+def _local_observations(transform, g: Tensor, x: Tensor) -> Tensor:
+    r"""The local flow's observations: globals :math:`(*, G)` mapped to unconstrained space
+    by ``transform.inv``, beside members :math:`(*, L)`; the batch shapes broadcast, giving
+    :math:`(*, G + L)`."""
+
+    u = transform.inv(g.double()).float()
+    batch = torch.broadcast_shapes(u.shape[:-1], x.shape[:-1])
+    return torch.cat([u.expand(*batch, u.shape[-1]), x.to(u).expand(*batch, x.shape[-1])], dim=-1)
 
 
 def _describe(constraint) -> tuple:
@@ -132,13 +142,25 @@ class HierarchicalPosterior(Posterior):
         return self.global_posterior.distribution(x)
 
     def _context(self, g: Tensor, x: Tensor) -> Tensor:
-        r"""The local flow's observations: unconstrained globals :math:`(*, G)` beside members
-        :math:`(*, M, L)`, giving :math:`(*, M, G + L)`."""
+        r"""The local flow's observations for globals :math:`(n, G)` and one group :math:`(M, L)`:
+        :math:`(n, M, G + L)`."""
 
-        u = self.global_transform.inv(g.double()).float()
-        members = x.shape[-2]
-        u = u.unsqueeze(-2).expand(*u.shape[:-1], members, u.shape[-1])
-        return torch.cat([u, x.to(u).expand(*u.shape[:-1], x.shape[-1])], dim=-1)
+        return _local_observations(self.global_transform, g.unsqueeze(-2), x)
+
+    def _group(self, x: object, caller: str) -> Tensor:
+        r"""Checks one group of members :math:`(M, L)`, once, and puts it on the network's device."""
+
+        x, batch = self._x(x)
+        if batch != Size():
+            raise ValueError(f"{caller} takes one group of members (M, L), got shape {tuple(x.shape)}.")
+        return x
+
+    def _sample_joint(self, num_samples: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            g = self.distribution(x).sample((num_samples,))
+        context = self._context(g, x.cpu())  # (n, M, G + L)
+        local = self.local_posterior.sample(1, x=context.reshape(-1, context.shape[-1]))[0]
+        return g, local.reshape(num_samples, x.shape[0], -1)
 
     def sample_joint(self, num_samples: int, x: object) -> tuple[Tensor, Tensor]:
         r"""Draws global parameters and every member's locals jointly.
@@ -152,21 +174,13 @@ class HierarchicalPosterior(Posterior):
         """
 
         num_samples = check_count(num_samples, "num_samples")
-        x, batch = check_x(x, self.x_shape, structure=self.structure)
-        if batch != Size():
-            raise ValueError(f"sample_joint takes one group of members (M, L), got shape {tuple(x.shape)}.")
-        g = self.global_posterior.sample(num_samples, x)
-        context = self._context(g, x)  # (n, M, G + L)
-        local = self.local_posterior.sample(1, x=context.reshape(-1, context.shape[-1]))[0]
-        return g, local.reshape(num_samples, x.shape[0], -1)
+        return self._sample_joint(num_samples, self._group(x, "sample_joint"))
 
     def log_prob_joint(self, theta: object, theta_local: object, x: object) -> Tensor:
         r"""Evaluates :math:`\log p(Y_G | X) + \sum_j \log p(Y_{Lj} | Y_G, x_j)` for global
         parameters :math:`(n, G)`, locals :math:`(n, M, K)` and one group :math:`(M, L)`; :math:`(n,)`."""
 
-        x, batch = check_x(x, self.x_shape, structure=self.structure)
-        if batch != Size():
-            raise ValueError(f"log_prob_joint takes one group of members (M, L), got shape {tuple(x.shape)}.")
+        x = self._group(x, "log_prob_joint")
         theta = torch.as_tensor(theta, dtype=torch.float32)
         theta_local = torch.as_tensor(theta_local, dtype=torch.float32)
         k = len(self.local_names)
@@ -175,8 +189,9 @@ class HierarchicalPosterior(Posterior):
                 f"theta must be (n, {self.theta_dim}) and theta_local (n, {x.shape[0]}, {k}) for {x.shape[0]} "
                 f"members; got {tuple(theta.shape)} and {tuple(theta_local.shape)}."
             )
-        log_global = self.global_posterior.log_prob(theta, x=x)
-        context = self._context(theta, x).reshape(-1, self.theta_dim + x.shape[-1])
+        with torch.no_grad():
+            log_global = self.distribution(x).log_prob(theta)
+        context = self._context(theta, x.cpu()).reshape(-1, self.theta_dim + x.shape[-1])
         log_local = self.local_posterior.log_prob(theta_local.reshape(-1, k), x=context)
         return log_global + log_local.reshape(len(theta), x.shape[0]).sum(-1)
 
@@ -188,14 +203,14 @@ class HierarchicalPosterior(Posterior):
         num_chains = check_count(num_chains, "num_chains")
         if num_samples % num_chains:
             raise ValueError(f"num_samples ({num_samples}) must be a multiple of num_chains ({num_chains}).")
-        x, _ = check_x(x, self.x_shape, structure=self.structure)
-        g, local = self.sample_joint(num_samples, x)
+        x = self._group(x, "to_arviz")
+        g, local = self._sample_joint(num_samples, x)
         return _arviz.members_to_inference_data(
             g.reshape(num_chains, -1, g.shape[-1]).numpy(),
             self.parameter_names,
             local.reshape(num_chains, -1, *local.shape[1:]).numpy(),
             self.local_names,
-            x.numpy(),
+            x.cpu().numpy(),
             attrs={"inference": self.kind},
         )
 
@@ -285,8 +300,8 @@ class HierarchicalNPE:
                 "HierarchicalNPE needs mixed-effects simulations with local parameters: "
                 "data = sbikit.simulate(model, num_simulations, seed=...)."
             )
+        data = training_data(self.model.global_prior, data)  # once: the global fit gets clean rows
         global_posterior = self.global_npe.fit(data)
-        data = training_data(self.model.global_prior, data)
         k = data.theta_local.shape[-1]
         names = self.local_names or [f"local_{i}" for i in range(k)]
         if len(names) != k:
@@ -298,8 +313,8 @@ class HierarchicalNPE:
             generator = torch.Generator().manual_seed(self.training.seed)
             rows = rows[torch.randperm(len(rows), generator=generator)[: self.max_member_rows]]
         group, member = rows[:, 0], rows[:, 1]
-        u = from_unconstrained(self.model.global_prior).inv(data.theta[group].double()).float()
-        context = torch.cat([u, data.x[group, member]], dim=-1)
+        transform = from_unconstrained(self.model.global_prior)
+        context = _local_observations(transform, data.theta[group], data.x[group, member])
         members = Simulations(theta=data.theta_local[group, member], x=context)
         local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names)
         local_posterior = local_npe.fit(members)

@@ -48,6 +48,13 @@ from .base import linear_adjustment, standardize, training_data
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
 
 
+def _num_regressors(x_shape: Sequence[int]) -> int:
+    r"""The regressors of the adjustment: the features of a vector observation; none for sets,
+    series, arrays, or vectors wider than ``MAX_REGRESSORS``."""
+
+    return x_shape[0] if len(x_shape) == 1 and x_shape[0] <= MAX_REGRESSORS else 0
+
+
 class LowerAffineTransform(Transform):
     r"""The map :math:`u' \mapsto u = m + L u'` with a lower-triangular :math:`L`, :math:`(*, D)`.
 
@@ -135,27 +142,29 @@ class NPENetwork(nn.Module):
         self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
         self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
         # u = B z + L u': the regression adjustment (B has no columns for structured x)
-        regressors = self.x_shape[0] if len(self.x_shape) == 1 and self.x_shape[0] <= MAX_REGRESSORS else 0
-        self.register_buffer("theta_coef", torch.zeros(features, regressors))
+        self.register_buffer("theta_coef", torch.zeros(features, _num_regressors(self.x_shape)))
         self.register_buffer("theta_tril", torch.eye(features))
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`; for sets and series,
         ``mask`` :math:`(*, M)` says which members or steps are present (all, if None)."""
 
-        z = (x - self.x_loc) / self.x_scale
+        return self._summarize((x - self.x_loc) / self.x_scale, mask)
+
+    def _summarize(self, z: Tensor, mask: Tensor | None) -> Tensor:
         if self.structure is None:
-            batch = x.shape[: x.ndim - len(self.x_shape)]
+            batch = z.shape[: z.ndim - len(self.x_shape)]
             return self.summary(z.reshape(-1, *self.x_shape)).reshape(*batch, -1)
-        batch = x.shape[:-2]
+        batch = z.shape[:-2]
         if mask is None:
-            mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-        z = torch.where(mask.unsqueeze(-1), z, 0.0).reshape(-1, *x.shape[-2:])
-        return self.summary(z, mask=mask.reshape(-1, x.shape[-2])).reshape(*batch, -1)
+            mask = torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
+        z = torch.where(mask.unsqueeze(-1), z, 0.0).reshape(-1, *z.shape[-2:])
+        return self.summary(z, mask=mask.reshape(-1, z.shape[-2])).reshape(*batch, -1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Distribution:
-        q = self.flow(self.embed(x, mask))
-        shift = ((x - self.x_loc) / self.x_scale) @ self.theta_coef.T if self.theta_coef.shape[1] else 0.0
+        z = (x - self.x_loc) / self.x_scale  # standardized once, for the summary and the adjustment
+        q = self.flow(self._summarize(z, mask))
+        shift = z @ self.theta_coef.T if self.theta_coef.shape[1] else 0.0
         return TransformedDistribution(q, [LowerAffineTransform(shift, self.theta_tril)], validate_args=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -309,7 +318,13 @@ class NPE:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
 
         data = training_data(self.prior, data)
-        trained = {adjust: self._fit(data, adjust) for adjust in self._choices(data)}
+        choices = [self.adjust] if self.adjust != "auto" else [True, False]
+        if _num_regressors(data.x_shape) == 0:
+            choices = [False]  # no regressors: nothing to adjust
+        trained = {}
+        for adjust in choices:
+            name = "training" if len(choices) == 1 else f"training ({'' if adjust else 'un'}adjusted)"
+            trained[adjust] = self._fit(data, adjust, name)
         scores = {adjust: min(p.history["validation_loss"], default=math.inf) for adjust, p in trained.items()}
         # both candidates train on the same rows and are validated on the same held-out rows
         chosen = min(scores, key=scores.get)
@@ -319,12 +334,7 @@ class NPE:
             best.history["best_validation_loss"] = {"adjusted": scores[True], "unadjusted": scores[False]}
         return best
 
-    def _choices(self, data: Simulations) -> list[bool]:
-        if data.structure is not None or len(data.x_shape) != 1 or data.x_shape[0] > MAX_REGRESSORS:
-            return [False]  # no regressors: nothing to adjust
-        return [self.adjust] if self.adjust != "auto" else [True, False]
-
-    def _fit(self, data: Simulations, adjust: bool) -> NPEPosterior:
+    def _fit(self, data: Simulations, adjust: bool, name: str) -> NPEPosterior:
         config = self.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -361,6 +371,5 @@ class NPE:
                 network.theta_coef.copy_(coef)
                 network.theta_tril.copy_(tril)
             tensors = (u, data.x) if structure is None else (u, data.x, data.mask)
-            name = "training" if len(self._choices(data)) == 1 else f"training ({'' if adjust else 'un'}adjusted)"
             posterior.history = fit(network, tensors, config, name)
         return posterior
