@@ -9,16 +9,74 @@ or ``functools.partial(zuko.flows.NSF, transforms=5)``.
 
 __all__ = ["coupling_flow", "affine_coupling_flow"]
 
+import math
 import torch
+import torch.nn.functional as F
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from torch import Tensor
 from torch.distributions import Transform
 from zuko.distributions import DiagNormal
 from zuko.flows.coupling import GeneralCouplingTransform
 from zuko.flows.gaussianization import ElementWiseTransform
 from zuko.lazy import Flow, UnconditionalDistribution, UnconditionalTransform
-from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform, PermutationTransform
+from zuko.transforms import DependentTransform, MonotonicAffineTransform, MonotonicRQSTransform, PermutationTransform
+from zuko.utils import unpack
+
+
+def _softmax(x: Tensor) -> Tensor:
+    # torch's softmax over a short last axis (a few spline bins) is several times slower on
+    # CPU than writing it out, and it runs once per sample and layer
+    e = torch.exp(x - x.detach().amax(dim=-1, keepdim=True))
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+class _SplineTransform(MonotonicRQSTransform):
+    r"""zuko's :class:`~zuko.transforms.MonotonicRQSTransform`, the same function of the
+    same parameters, with the bins' softmax written out (see :func:`_softmax`)."""
+
+    def __init__(self, widths: Tensor, heights: Tensor, derivatives: Tensor, bound: float = 5.0,
+                 slope: float = 1e-3, **kwargs) -> None:
+        Transform.__init__(self, **kwargs)
+        log_slope = math.log(slope)
+        widths = widths / (1 + abs(2 * widths / log_slope))
+        heights = heights / (1 + abs(2 * heights / log_slope))
+        derivatives = derivatives / (1 + abs(derivatives / log_slope))
+        widths = F.pad(_softmax(widths), (1, 0), value=0)
+        heights = F.pad(_softmax(heights), (1, 0), value=0)
+        self.horizontal = bound * (2 * torch.cumsum(widths, dim=-1) - 1)
+        self.vertical = bound * (2 * torch.cumsum(heights, dim=-1) - 1)
+        self.derivatives = torch.exp(F.pad(derivatives, (1, 1), value=0))
+
+
+class _ContextCoupling(GeneralCouplingTransform):
+    r"""zuko's :class:`~zuko.flows.coupling.GeneralCouplingTransform`, with the same
+    parameters and the same function, evaluated more cheaply when many samples share
+    one context.
+
+    zuko concatenates the context to every sample before the conditioner's first
+    linear layer. Here that layer is split, :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`,
+    and the context's share is computed once per context and broadcast over the
+    samples: no copy of the context per sample, and a first layer that costs
+    :math:`|x_a|` instead of :math:`|x_a| + |c|` per sample.
+    """
+
+    def meta(self, c: Tensor | None, x: Tensor) -> Transform:
+        if c is None:
+            return super().meta(c, x)
+        first, *rest = self.hyper
+        features_a = x.shape[-1]
+        h = F.linear(c, first.weight[:, features_a:], first.bias)
+        if features_a == 1:  # an outer product: one fused multiply-add instead of a matrix product
+            h = torch.addcmul(h, x, first.weight[:, 0])
+        else:
+            h = F.linear(x, first.weight[:, :features_a]) + h
+        inplace = not torch.is_grad_enabled()  # sampling: no fresh buffer per activation
+        for layer in rest:
+            h = F.relu(h, inplace=True) if inplace and type(layer) is torch.nn.ReLU else layer(h)
+        phi = unpack(h.unflatten(-1, (-1, self.total)), self.shapes)
+        return DependentTransform(self.univariate(*phi), 1)
 
 
 def _coupling(
@@ -42,7 +100,7 @@ def _coupling(
         )
     for i in range(transforms):
         layers.append(
-            GeneralCouplingTransform(
+            _ContextCoupling(
                 features,
                 context,
                 mask=torch.arange(features) % 2 == i % 2,
@@ -90,7 +148,7 @@ def coupling_flow(
         torch.Size([10, 3])
     """
 
-    spline = partial(MonotonicRQSTransform, bound=5.0)
+    spline = partial(_SplineTransform, bound=5.0)
     return _coupling(features, context, transforms, hidden_features, spline, [(bins,), (bins,), (bins - 1,)])
 
 

@@ -39,7 +39,8 @@ from .errors import FormatError
 from .priors import BoxUniform, ProductPrior, SupportOnly
 
 # 2: the prior's fingerprint in the config; observations standardized per feature
-FORMAT_VERSION = 2
+# 3: bounded parameters mapped by LinearTailsTransform, not the logistic (config "intervals")
+FORMAT_VERSION = 3
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 _KINDS = {

@@ -2,14 +2,15 @@ r"""Priors, and the map between a prior's support and unconstrained space.
 
 Any :class:`torch.distributions.Distribution` with a ``support`` and event shape
 :math:`(D,)` can serve as a prior. Estimators learn in the unconstrained space
-:math:`u = T^{-1}(\theta)`, where :math:`T` is :func:`torch.distributions.biject_to`
-of the support, so that every sample mapped back through :math:`T` lies in the
-support and densities carry the Jacobian :math:`|\det J_T|`.
+:math:`u = T^{-1}(\theta)`, where :math:`T` maps :math:`\mathbb{R}^D` onto the
+support (:func:`from_unconstrained`), so that every sample mapped back through
+:math:`T` lies in the support and densities carry the Jacobian :math:`|\det J_T|`.
 """
 
 __all__ = [
     "BoxUniform",
     "ProductPrior",
+    "LinearTailsTransform",
     "SupportOnly",
     "check_prior",
     "check_same_prior",
@@ -23,6 +24,8 @@ import torch
 
 from torch import Tensor
 from torch.distributions import (
+    AffineTransform,
+    ComposeTransform,
     Distribution,
     Independent,
     Transform,
@@ -30,7 +33,9 @@ from torch.distributions import (
     biject_to,
     constraints,
 )
-from torch.distributions.transforms import IndependentTransform
+from torch.distributions.transforms import CatTransform, IndependentTransform
+
+SUPPORT_MAPS = ("linear", "sigmoid")  # how intervals are mapped; "sigmoid" for files of format <= 2
 
 
 class BoxUniform(Independent):
@@ -217,22 +222,98 @@ def check_prior(prior: object, name: str = "prior", scalar: bool = False) -> Dis
     return prior
 
 
-def from_unconstrained(prior: Distribution) -> Transform:
+class LinearTailsTransform(Transform):
+    r"""A bijection from :math:`\mathbb{R}` onto :math:`(0, 1)` that is the identity shifted by
+    :math:`\frac12` on all but the edges, with exponential tails:
+
+    .. math::
+        s = \begin{cases}
+            \varepsilon\, e^{(u + c) / \varepsilon} & u < -c, \\
+            \tfrac12 + u & |u| \le c, \\
+            1 - \varepsilon\, e^{-(u - c) / \varepsilon} & u > c,
+        \end{cases} \qquad c = \tfrac12 - \varepsilon.
+
+    Value and slope are continuous at :math:`\pm c`, and the inverse and the Jacobian
+    are closed-form. Unlike the logistic map, which stretches a posterior more the
+    further it lies from the interval's centre, this map leaves the inner
+    :math:`1 - 2\varepsilon` of the interval as it is, so a Gaussian posterior there
+    stays Gaussian with the same width whatever its location. (With the logistic
+    map, NPE on :math:`x = \theta + 0.1\,\varepsilon` under a uniform prior on
+    :math:`[-2, 2]^3` learned posterior sds up to 20% too wide.)
+
+    Arguments:
+        eps: The share :math:`\varepsilon` of the interval at each edge mapped by a tail.
+    """
+
+    domain = constraints.real
+    codomain = constraints.unit_interval
+    bijective = True
+    sign = +1
+
+    def __init__(self, eps: float = 0.05, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        if not 0 < eps < 0.5:
+            raise ValueError(f"eps must lie in (0, 0.5), got {eps!r}.")
+        self.eps = eps
+        self.edge = 0.5 - eps
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinearTailsTransform) and other.eps == self.eps
+
+    def _call(self, u: Tensor) -> Tensor:
+        eps, edge = self.eps, self.edge
+        upper = 1 - eps * torch.exp(-(u - edge).clamp_min(0) / eps)
+        lower = eps * torch.exp((u + edge).clamp_max(0) / eps)
+        return torch.where(u > edge, upper, torch.where(u < -edge, lower, 0.5 + u))
+
+    def _inverse(self, s: Tensor) -> Tensor:
+        eps, edge = self.eps, self.edge
+        upper = edge - eps * torch.log((1 - s).clamp_max(eps) / eps)
+        lower = -edge + eps * torch.log(s.clamp_max(eps) / eps)
+        return torch.where(s > 1 - eps, upper, torch.where(s < eps, lower, s - 0.5))
+
+    def log_abs_det_jacobian(self, u: Tensor, s: Tensor) -> Tensor:
+        eps, edge = self.eps, self.edge
+        return torch.where(u > edge, -(u - edge) / eps, torch.where(u < -edge, (u + edge) / eps, torch.zeros_like(u)))
+
+
+def _to_support(support: constraints.Constraint, intervals: str) -> Transform:
+    if intervals == "sigmoid":
+        return biject_to(support)
+    if isinstance(support, constraints.independent):
+        base = _to_support(support.base_constraint, intervals)
+        return IndependentTransform(base, support.reinterpreted_batch_ndims)
+    if isinstance(support, constraints.cat):
+        parts = [_to_support(c, intervals) for c in support.cseq]
+        return CatTransform(parts, support.dim, support.lengths)
+    interval = (type(constraints.interval(0.0, 1.0)), type(constraints.half_open_interval(0.0, 1.0)))
+    if isinstance(support, interval):
+        low, high = support.lower_bound, support.upper_bound
+        return ComposeTransform([LinearTailsTransform(), AffineTransform(low, high - low)])
+    return biject_to(support)
+
+
+def from_unconstrained(prior: Distribution, intervals: str = "linear") -> Transform:
     r"""Returns the bijection :math:`T` from unconstrained vectors onto the prior's support.
 
     ``T(u)`` maps unconstrained :math:`u \in \mathbb{R}^D` into the support and
-    ``T.inv(theta)`` maps parameters out of it.
+    ``T.inv(theta)`` maps parameters out of it: bounded intervals by
+    :class:`LinearTailsTransform` (``intervals="linear"``) or by the logistic
+    function (``"sigmoid"``, as in files of format 2 and before), every other
+    support by :func:`torch.distributions.biject_to` (``exp`` for positive reals).
 
     The transform acts on whole vectors (``event_dim == 1``), so its
     ``log_abs_det_jacobian`` has shape :math:`(*)` for inputs :math:`(*, D)`.
 
     Example:
         >>> T = from_unconstrained(BoxUniform(-torch.ones(2), torch.ones(2)))
-        >>> T(torch.zeros(2))
-        tensor([0., 0.])
+        >>> T(torch.tensor([0.0, 0.25]))
+        tensor([0.0000, 0.5000])
     """
 
-    transform = biject_to(prior.support)
+    if intervals not in SUPPORT_MAPS:
+        raise ValueError(f"intervals must be one of {SUPPORT_MAPS}, got {intervals!r}.")
+    transform = _to_support(prior.support, intervals)
     missing = len(prior.event_shape) - transform.codomain.event_dim
     if missing > 0:
         transform = IndependentTransform(transform, missing)
@@ -294,7 +375,7 @@ def prior_fingerprint(prior: Distribution) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if isinstance(prior, SupportOnly):  # no prior to draw from: points inside the support
-            probe = from_unconstrained(prior)(torch.randn(8, *prior.event_shape)).float()
+            probe = from_unconstrained(prior, "sigmoid")(torch.randn(8, *prior.event_shape)).float()
         else:
             probe = prior.sample((8,))
     bounds = support_bounds(prior)

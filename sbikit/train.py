@@ -6,7 +6,7 @@ mini-batches sliced from in-memory tensors, holds out a validation split, stops
 early and restores the weights with the best validation loss.
 """
 
-__all__ = ["TrainConfig", "fit"]
+__all__ = ["TrainConfig", "Training", "fit"]
 
 import copy
 import dataclasses
@@ -55,7 +55,7 @@ class TrainConfig:
 
     Example:
         >>> TrainConfig().resolve(9_000)
-        (2048, 0.0028284271247461905, 120)
+        (2048, 0.0028284271247461905, 200)
         >>> TrainConfig(batch_size=128, max_epochs=50).resolve(9_000)
         (128, 0.0007071067811865476, 50)
     """
@@ -63,7 +63,7 @@ class TrainConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     max_epochs: int | None = None
-    steps: int = 600
+    steps: int = 1000
     patience: int = 20
     validation_fraction: float = 0.1
     clip_norm: float = 5.0
@@ -145,6 +145,162 @@ def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> flo
     return total / count
 
 
+class Training:
+    r"""One training run, which can be advanced a few epochs at a time.
+
+    :func:`fit` runs one to the end. Running it in parts lets a caller race
+    candidate models on the same split and stop the losers early: ``advance(k)``
+    runs up to ``k`` more epochs, ``best`` is the best validation loss so far, and
+    ``finish()`` restores the best weights and returns the history.
+
+    Arguments:
+        module: An estimator with a ``loss`` method returning :math:`(B,)`.
+        tensors: Training tensors with a common first dimension :math:`N`.
+        config: The training settings.
+        name: The label of the progress bar and of the summary line.
+    """
+
+    def __init__(self, module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig,
+                 name: str = "training") -> None:
+        self.module, self.config, self.name = module, config, name
+        self.device = torch.device(config.device)
+        n = len(tensors[0])
+        self.generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(n, generator=self.generator)
+        n_val = max(1, int(round(n * config.validation_fraction)))
+        if n - n_val < 1:
+            raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
+        self.val = [t[order[:n_val]].to(self.device) for t in tensors]
+        self.train = [t[order[n_val:]].to(self.device) for t in tensors]
+        self.batch_size, learning_rate, self.max_epochs = config.resolve(n - n_val)
+
+        module.to(self.device)
+        # foreach: one fused update over all parameters; torch picks it on CUDA only by default,
+        # and on the CPU it saves a Python loop over dozens of small tensors per step
+        self.optimizer = torch.optim.AdamW(
+            module.parameters(), lr=learning_rate, weight_decay=config.weight_decay, foreach=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.max_epochs)
+        self.history = {
+            "train_loss": [],
+            "validation_loss": [],
+            "best_epoch": 0,
+            "epochs": 0,
+            "skipped_steps": 0,
+            "batch_size": self.batch_size,
+            "learning_rate": learning_rate,
+            "max_epochs": self.max_epochs,
+        }
+        self.best, self.best_state, self.stale, self.nonfinite = math.inf, None, 0, 0
+        self.stopped = False
+        disable = None if config.show_progress is None else not config.show_progress
+        self.bar = tqdm(total=self.max_epochs, desc=name, unit="epoch", disable=disable)
+        # off a terminal tqdm is silent, so a line every half minute and a summary say how it goes
+        self.lines = config.show_progress is None and self.bar.disable
+        self.seconds = 0.0
+        self.last_line = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        r"""Whether training has stopped early or run all its epochs."""
+
+        return self.stopped or self.history["epochs"] >= self.max_epochs
+
+    def advance(self, epochs: int | None = None) -> None:
+        r"""Runs up to ``epochs`` more epochs (all that remain, if None)."""
+
+        started = time.perf_counter()
+        try:
+            remaining = self.max_epochs - self.history["epochs"]
+            for _ in range(remaining if epochs is None else min(epochs, remaining)):
+                if self.stopped:
+                    break
+                self._epoch()
+        except BaseException:
+            self.bar.close()
+            raise
+        finally:
+            self.seconds += time.perf_counter() - started
+        if self.done:
+            self.bar.close()
+
+    def _epoch(self) -> None:
+        module, config, history, train = self.module, self.config, self.history, self.train
+        epoch = history["epochs"]
+        module.train()
+        n_train = len(train[0])
+        perm = torch.randperm(n_train, generator=self.generator).to(self.device)
+        total, count = 0.0, 0
+        for start in range(0, n_train, self.batch_size):
+            index = perm[start : start + self.batch_size]
+            loss = module.loss(*(t[index] for t in train)).mean()
+            if not torch.isfinite(loss):
+                history["skipped_steps"] += 1
+                self.nonfinite += 1
+                if self.nonfinite >= config.max_nonfinite:
+                    raise TrainingError(
+                        f"{self.nonfinite} non-finite losses in a row at epoch {epoch}; check the data for "
+                        "extreme values, or lower TrainConfig.learning_rate."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            self.nonfinite = 0
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
+            self.optimizer.step()
+            total += float(loss.detach()) * len(index)
+            count += len(index)
+        module.eval()
+        val_loss = _mean_loss(module, self.val, max(self.batch_size, 1024))
+        self.scheduler.step()
+        history["train_loss"].append(total / max(count, 1))
+        history["validation_loss"].append(val_loss)
+        history["epochs"] = epoch + 1
+        if val_loss < self.best:
+            self.best, self.stale = val_loss, 0
+            history["best_epoch"] = epoch
+            self.best_state = copy.deepcopy(module.state_dict())
+        else:
+            self.stale += 1
+        self.bar.update()
+        self.bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
+        if self.stale >= config.patience:
+            self.stopped = True
+        if self.lines and time.perf_counter() - self.last_line > 30:
+            self.last_line = time.perf_counter()
+            print(
+                f"{self.name}: epoch {epoch + 1}/{self.max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
+                f"validation loss {val_loss:.4f}",
+                file=sys.stderr,
+            )
+
+    def finish(self) -> dict:
+        r"""Ends training: restores the weights with the best validation loss and returns the history.
+
+        Raises:
+            TrainingError: If no validation loss was finite.
+        """
+
+        self.bar.close()
+        history = self.history
+        if self.lines and self.best_state is not None:
+            if history["epochs"] >= self.max_epochs:
+                stopped = "reached max_epochs"
+            else:
+                stopped = "stopped early" if self.stopped else "stopped by the caller"
+            print(
+                f"{self.name}: {history['epochs']} epochs in {self.seconds:.1f} s ({stopped}); "
+                f"best validation loss {self.best:.4f} at epoch {history['best_epoch'] + 1}",
+                file=sys.stderr,
+            )
+        if self.best_state is None:
+            raise TrainingError("the validation loss was never finite; no weights to keep.")
+        self.module.load_state_dict(self.best_state)
+        self.module.eval()
+        return history
+
+
 def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, name: str = "training") -> dict:
     r"""Trains ``module`` by minimizing ``module.loss(*tensors)``.
 
@@ -163,98 +319,6 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, nam
         TrainingError: After ``config.max_nonfinite`` non-finite losses in a row.
     """
 
-    device = torch.device(config.device)
-    n = len(tensors[0])
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(n, generator=generator)
-    n_val = max(1, int(round(n * config.validation_fraction)))
-    if n - n_val < 1:
-        raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
-    val = [t[order[:n_val]].to(device) for t in tensors]
-    train = [t[order[n_val:]].to(device) for t in tensors]
-    n_train = n - n_val
-    batch_size, learning_rate, max_epochs = config.resolve(n_train)
-
-    module.to(device)
-    # foreach: one fused update over all parameters; torch picks it on CUDA only by default,
-    # and on the CPU it saves a Python loop over dozens of small tensors per step
-    optimizer = torch.optim.AdamW(
-        module.parameters(), lr=learning_rate, weight_decay=config.weight_decay, foreach=True
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-    history = {
-        "train_loss": [],
-        "validation_loss": [],
-        "best_epoch": 0,
-        "epochs": 0,
-        "skipped_steps": 0,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "max_epochs": max_epochs,
-    }
-    best, best_state, stale, nonfinite = math.inf, None, 0, 0
-    disable = None if config.show_progress is None else not config.show_progress
-
-    started = last_line = time.perf_counter()
-    with tqdm(range(max_epochs), desc=name, unit="epoch", disable=disable) as bar:
-        # off a terminal tqdm is silent, so a line every half minute and a summary say how it goes
-        lines = config.show_progress is None and bar.disable
-        for epoch in bar:
-            module.train()
-            perm = torch.randperm(n_train, generator=generator).to(device)
-            total, count = 0.0, 0
-            for start in range(0, n_train, batch_size):
-                index = perm[start : start + batch_size]
-                loss = module.loss(*(t[index] for t in train)).mean()
-                if not torch.isfinite(loss):
-                    history["skipped_steps"] += 1
-                    nonfinite += 1
-                    if nonfinite >= config.max_nonfinite:
-                        raise TrainingError(
-                            f"{nonfinite} non-finite losses in a row at epoch {epoch}; check the data for "
-                            "extreme values, or lower TrainConfig.learning_rate."
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                nonfinite = 0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
-                optimizer.step()
-                total += float(loss.detach()) * len(index)
-                count += len(index)
-            module.eval()
-            val_loss = _mean_loss(module, val, max(batch_size, 1024))
-            scheduler.step()
-            history["train_loss"].append(total / max(count, 1))
-            history["validation_loss"].append(val_loss)
-            history["epochs"] = epoch + 1
-            if val_loss < best:
-                best, stale = val_loss, 0
-                history["best_epoch"] = epoch
-                best_state = copy.deepcopy(module.state_dict())
-            else:
-                stale += 1
-            bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
-            if stale >= config.patience:
-                break
-            if lines and time.perf_counter() - last_line > 30:
-                last_line = time.perf_counter()
-                print(
-                    f"{name}: epoch {epoch + 1}/{max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
-                    f"validation loss {val_loss:.4f}",
-                    file=sys.stderr,
-                )
-
-    if lines and best_state is not None:
-        stopped = "stopped early" if history["epochs"] < max_epochs else "reached max_epochs"
-        print(
-            f"{name}: {history['epochs']} epochs in {time.perf_counter() - started:.1f} s ({stopped}); "
-            f"best validation loss {best:.4f} at epoch {history['best_epoch'] + 1}",
-            file=sys.stderr,
-        )
-    if best_state is None:
-        raise TrainingError("the validation loss was never finite; no weights to keep.")
-    module.load_state_dict(best_state)
-    module.eval()
-    return history
+    run = Training(module, tensors, config, name)
+    run.advance()
+    return run.finish()

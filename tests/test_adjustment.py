@@ -72,17 +72,34 @@ def test_the_adjustment_is_fitted_or_left_out(box_data):
     assert torch.equal(plain.theta_tril, torch.eye(3))
 
 
-def test_auto_keeps_the_candidate_with_the_lower_validation_loss(box_data):
+def test_auto_races_the_candidates_and_trains_the_winner_on(box_data):
     prior, data = box_data
     config = TrainConfig(max_epochs=20, show_progress=False)
     posterior = sbikit.NPE(prior, training=config).fit(data)
-    scores = posterior.history["best_validation_loss"]
-    assert min(posterior.history["validation_loss"]) == min(scores.values())
+    pilot = posterior.history["adjustment_pilot"]
+    # the race: the first fifth of the schedule (4 of 20 epochs), then the winner alone to the end
+    assert pilot["epochs"] == 4
+    assert posterior.history["epochs"] == 20
+    # the pilot's scores are the best validation losses of the first 4 epochs
+    assert min(posterior.history["validation_loss"][:4]) == pilot["adjusted"]
     # x = theta + noise is linear in theta: the adjusted flow starts at the answer and wins
-    assert posterior.history["adjusted"] is True and scores["adjusted"] < scores["unadjusted"]
+    assert posterior.history["adjusted"] is True and pilot["adjusted"] < pilot["unadjusted"]
     assert float(posterior.network.theta_coef.abs().max()) > 0.5
+    # the winner trains on as if it had trained alone: the same weights as adjust=True
+    alone = sbikit.NPE(prior, training=config, adjust=True).fit(data)
+    assert alone.history["validation_loss"] == posterior.history["validation_loss"]
     with pytest.raises(ValueError, match="adjust"):
         sbikit.NPE(prior, adjust="sometimes")
+
+
+def test_auto_race_ends_when_a_candidate_stops_early(box_data):
+    prior, data = box_data
+    # patience 1: a candidate stops at its first epoch without progress, before the pilot's end
+    config = TrainConfig(max_epochs=200, patience=1, show_progress=False)
+    posterior = sbikit.NPE(prior, training=config).fit(data)
+    pilot = posterior.history["adjustment_pilot"]
+    assert pilot["epochs"] < 40
+    assert posterior.history["epochs"] >= pilot["epochs"]
 
 
 def test_files_from_before_the_adjustment_load_as_unadjusted(box_data, tmp_path):
@@ -102,8 +119,8 @@ def test_automatic_settings_follow_the_number_of_rows():
     small, large = TrainConfig().resolve(900), TrainConfig().resolve(90_000)
     assert small[0] == 256 and large[0] == 2048
     assert large[1] > small[1]
-    # about 600 steps: 4 per epoch at 900 rows, 44 at 90,000 rows
-    assert small[2] == 150 and large[2] == 30
+    # about 1,000 steps: 4 per epoch at 900 rows, 44 at 90,000 rows
+    assert small[2] == 250 and large[2] == 30
     assert TrainConfig(batch_size=64, learning_rate=0.01, max_epochs=7).resolve(900) == (64, 0.01, 7)
 
 

@@ -225,3 +225,22 @@ def test_saved_files_follow_the_umask(saved, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.sbk").stat().st_mode) == 0o644
+
+
+def test_files_of_format_2_keep_the_logistic_map_of_intervals(saved, tmp_path):
+    posterior, path = saved
+    payload = torch.load(path, weights_only=True)
+    config = json.loads(payload["config"])
+    assert config["intervals"] == "linear"
+    del config["intervals"]
+    payload["config"], payload["version"] = json.dumps(config), 2
+    torch.save(payload, tmp_path / "old.sbk")
+    old = sbikit.load(tmp_path / "old.sbk")
+    # the same flow, read through the map the file was trained with
+    theta = torch.tensor([[1.5, -1.0, 0.5]])
+    x = torch.tensor([0.1, 0.2, 0.3])
+    u = torch.logit((theta.double() + 2) / 4)
+    expected = old.network(x).log_prob(((u - old.network.theta_loc.double()) / old.network.theta_scale.double()).float())
+    jacobian = (old.network.theta_scale.double().log().sum() + torch.log(4 * torch.sigmoid(u) * torch.sigmoid(-u)).sum())
+    torch.testing.assert_close(old.log_prob(theta, x=x).double(), expected.double() - jacobian, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(old.log_prob(theta, x=x), posterior.log_prob(theta, x=x))

@@ -6,7 +6,7 @@ from torch.distributions import Independent, LogNormal, Normal, Uniform
 
 import sbikit
 
-from sbikit.priors import check_prior, from_unconstrained
+from sbikit.priors import LinearTailsTransform, check_prior, from_unconstrained
 
 from conftest import noisy
 
@@ -96,3 +96,36 @@ def test_log_prob_includes_the_jacobian_of_a_half_line():
     total = _grid_integral(posterior, torch.tensor([1.0, 0.0]), (0.0, -1.0), (12.0, 1.0), n=600)
     assert total == pytest.approx(1.0, abs=0.03)
     assert math.isfinite(total)
+
+
+def test_linear_tails_transform_is_a_smooth_bijection():
+    transform = LinearTailsTransform(eps=0.05)
+    u = torch.linspace(-1.5, 1.5, 30_001, dtype=torch.float64)
+    s = transform(u)
+    assert bool((s > 0).all() and (s < 1).all()) and bool((s[1:] > s[:-1]).all())
+    torch.testing.assert_close(transform.inv(s), u)
+    # the inner 90% of the interval is a shift: a Gaussian posterior there keeps its width
+    inner = u.abs() <= 0.45
+    torch.testing.assert_close(s[inner], u[inner] + 0.5)
+    # the Jacobian is the derivative, continuous across the joins at +-0.45
+    jacobian = transform.log_abs_det_jacobian(u, s).exp()
+    u_ = u.clone().requires_grad_()
+    (derivative,) = torch.autograd.grad(transform(u_).sum(), u_)
+    torch.testing.assert_close(jacobian, derivative)
+    assert float(jacobian[1:].sub(jacobian[:-1]).abs().max()) < 1e-2
+    # it integrates to the interval's length: a normalized density stays normalized
+    assert float(torch.trapezoid(jacobian, u)) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="eps"):
+        LinearTailsTransform(eps=0.5)
+
+
+def test_intervals_map_linearly_and_other_supports_as_torch_does():
+    prior = sbikit.ProductPrior([Uniform(-1.0, 3.0), LogNormal(0.0, 1.0), Normal(0.0, 1.0)])
+    u = torch.tensor([[0.25, 0.0, 0.7]], dtype=torch.float64)
+    theta = from_unconstrained(prior)(u)
+    # (0.25 + 0.5) * 4 - 1 = 2 on the interval; exp on the half-line; the identity on the line
+    torch.testing.assert_close(theta, torch.tensor([[2.0, 1.0, 0.7]], dtype=torch.float64))
+    old = from_unconstrained(prior, "sigmoid")(u)
+    assert float(old[0, 0]) == pytest.approx(-1 + 4 * torch.sigmoid(torch.tensor(0.25)).item())
+    with pytest.raises(ValueError, match="intervals"):
+        from_unconstrained(prior, "tanh")

@@ -31,7 +31,7 @@ from .._checks import check_count
 from ..data import Simulations
 from ..models import MixedEffects
 from ..posterior import Posterior
-from ..priors import SupportOnly, from_unconstrained
+from ..priors import SupportOnly
 from ..train import TrainConfig
 from .base import training_data
 from .npe import NPE, NPEPosterior
@@ -127,7 +127,7 @@ class HierarchicalPosterior(Posterior):
         self.parameter_names = global_posterior.parameter_names
         self.local_names = list(local_names)
         self.network = nn.ModuleDict({"global": global_posterior.network, "local": local_posterior.network})
-        self.global_transform = from_unconstrained(self.prior)
+        self.global_transform = global_posterior.transform
 
     @property
     def history(self) -> dict:
@@ -313,8 +313,7 @@ class HierarchicalNPE:
             generator = torch.Generator().manual_seed(self.training.seed)
             rows = rows[torch.randperm(len(rows), generator=generator)[: self.max_member_rows]]
         group, member = rows[:, 0], rows[:, 1]
-        transform = from_unconstrained(self.model.global_prior)
-        context = _local_observations(transform, data.theta[group], data.x[group, member])
+        context = _local_observations(global_posterior.transform, data.theta[group], data.x[group, member])
         members = Simulations(theta=data.theta_local[group, member], x=context)
         local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names)
         local_posterior = local_npe.fit(members)
