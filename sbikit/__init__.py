@@ -26,6 +26,7 @@ __all__ = [
     "coupling_flow",
     "diagnostics",
     "euler_maruyama",
+    "gillespie",
     "load",
     "simulate",
 ]
@@ -38,7 +39,7 @@ from .errors import FormatError, TrainingError
 from .estimators import NPE, HierarchicalNPE, HierarchicalPosterior, NPEPosterior
 from .flows import affine_coupling_flow, coupling_flow
 from .io import load
-from .models import MixedEffects, StateSpace, euler_maruyama
+from .models import MixedEffects, StateSpace, euler_maruyama, gillespie
 from .posterior import Posterior
 from .priors import BoxUniform, ProductPrior
 from .runs import simulate

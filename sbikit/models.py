@@ -18,7 +18,7 @@ seed, and member :math:`j`'s draws from streams derived from that seed and
 :math:`j`, so the same seed gives the same simulations whatever the batch size.
 """
 
-__all__ = ["MixedEffects", "StateSpace", "euler_maruyama"]
+__all__ = ["MixedEffects", "StateSpace", "euler_maruyama", "gillespie"]
 
 import numpy as np
 import torch
@@ -33,10 +33,12 @@ from ._checks import check_count
 from .data import Failure, Simulations, as_float_tensor
 from .priors import check_prior
 from .runs.randomness import RowStreams, warn_unattributed
-from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, root_seed, simulation_seeds, stream_keys
+from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, mix64_int, root_seed, simulation_seeds, stream_keys
 from .runs.simulate import _batch_seed, _isolated_global_generators, _summary, draw_prior
 
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
+_GAMMA = 0x9E3779B97F4A7C15  # the golden-ratio increment of SplitMix64
+_MASK = (1 << 64) - 1
 
 
 class _ContractError(Exception):
@@ -322,6 +324,170 @@ def euler_maruyama(drift: Callable, diffusion: Callable) -> Callable:
         return state + drift(state, theta, t) * dt + diffusion(state, theta, t) * dt.sqrt() * noise
 
     return transition
+
+
+def gillespie(stoichiometry: object, propensities: Callable, max_reactions: int = 100_000) -> Callable:
+    r"""Returns an exact simulator of a stochastic reaction network (Gillespie's direct method),
+    vectorized over a batch of series and recording the counts at given times.
+
+    A state of :math:`S` species counts changes by reaction :math:`r`'s row :math:`\nu_r` of the
+    stoichiometry when :math:`r` fires, at rate :math:`a_r(S, Y)`. From each state, the next
+    reaction comes after an exponential wait of rate :math:`a_0 = \sum_r a_r` and is :math:`r`
+    with probability :math:`a_r / a_0`. The count at time :math:`t` is the state after the last
+    reaction at or before :math:`t`. Where every rate is zero (an absorbing state), no reaction
+    fires again.
+
+    Arguments:
+        stoichiometry: :math:`(R, S)`, the change of each species' count by each reaction.
+        propensities: ``propensities(state, theta)`` with the counts :math:`(B, S)` and the
+            parameters :math:`(B, D)`, returning the rates :math:`(B, R)`, non-negative. It
+            must not draw random numbers.
+        max_reactions: The most reactions one series may take. A series that needs more (a
+            population that explodes) is NaN from there on, which :func:`sbikit.simulate`
+            records as a failed simulation.
+
+    Returns:
+        ``run(state, theta, times)``, with the counts :math:`(B, S)` at ``times[:, 0]``, the
+        parameters :math:`(B, D)` and non-decreasing times :math:`(B, T)` (or :math:`(T,)` for
+        all), returning the counts :math:`(B, T, S)` in the state's float dtype. It is a
+        building block of a :class:`StateSpace` ``trajectory``, as in the example; as a
+        ``transition``, it is ``lambda s, theta, t, dt: run(s, theta, torch.cat([t, t + dt], -1))[:, -1]``.
+
+    A run draws one random 64-bit key per series from torch's global functions (one stream
+    per simulation within :func:`sbikit.simulate`); the two uniforms of a series' :math:`k`-th
+    reaction are a counter-based hash of its key and :math:`k`. A run thus makes one random
+    call however many reactions its batch takes, so a series, and every draw after it, does
+    not depend on the other series in the batch. Each iteration takes one reaction of every
+    unfinished series: a batch costs as many iterations as its busiest series has reactions.
+
+    Example:
+        >>> decay = gillespie([[-1.0]], lambda s, theta: theta * s)    # S -> 0 at rate theta S
+        >>> model = sbikit.StateSpace(
+        ...     sbikit.BoxUniform(torch.tensor([0.5]), torch.tensor([1.0])),
+        ...     times=torch.linspace(0.0, 2.0, 5),
+        ...     trajectory=lambda theta, t: decay(torch.full((len(theta), 1), 100.0), theta, t),
+        ... )
+        >>> data = sbikit.simulate(model, num_simulations=3, seed=0)
+        >>> data.x.shape, bool((data.x[:, 1:, 1] <= data.x[:, :-1, 1]).all())
+        (torch.Size([3, 5, 2]), True)
+    """
+
+    changes = _float(stoichiometry, "stoichiometry").double()
+    if changes.ndim != 2 or 0 in changes.shape:
+        raise ValueError(
+            f"stoichiometry must be a (reactions, species) matrix, got shape {tuple(changes.shape)}; "
+            "for one reaction of one species pass [[change]]."
+        )
+    if not bool(torch.isfinite(changes).all()):
+        raise ValueError("stoichiometry must be finite.")
+    if not callable(propensities):
+        raise TypeError(f"propensities must be callable, got {type(propensities).__name__}.")
+    max_reactions = check_count(max_reactions, "max_reactions")
+    num_reactions, num_species = changes.shape
+
+    def rates(state: Tensor, theta: Tensor) -> Tensor:
+        a = propensities(state, theta)
+        if not isinstance(a, Tensor) or a.shape != (len(state), num_reactions):
+            shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise _ShapeError(
+                f"propensities(state, theta) must return a tensor ({len(state)}, {num_reactions}), one rate per "
+                f"series and reaction of the stoichiometry, got {shape}."
+            )
+        if bool((a < 0).any()):
+            raise _ShapeError("propensities(state, theta) returned a negative rate; rates must be >= 0.")
+        return a.double()
+
+    def run(state: Tensor, theta: Tensor, times: Tensor) -> Tensor:
+        # float64 counts and times stay float64; the rest becomes float32
+        if not isinstance(state, Tensor) or not state.is_floating_point():
+            state = _float(state, "state")
+        if not isinstance(times, Tensor) or not times.is_floating_point():
+            times = _float(times, "times")
+        times = times.to(state.device)
+        if state.ndim != 2 or state.shape[1] != num_species:
+            raise _ShapeError(
+                f"state must be (B, {num_species}), one count per species of the stoichiometry, "
+                f"got {tuple(state.shape)}."
+            )
+        if times.ndim == 1:
+            times = times.expand(len(state), -1)
+        if times.ndim != 2 or times.shape[0] != len(state) or times.shape[1] < 1:
+            raise _ShapeError(f"times must be (B, T) or (T,) for a state ({len(state)}, S), got {tuple(times.shape)}.")
+        if not bool(torch.isfinite(times).all()) or bool((times[:, 1:] < times[:, :-1]).any()):
+            raise _ShapeError("times must be finite and non-decreasing along each series.")
+        if not isinstance(theta, Tensor) or len(theta) != len(state):
+            raise _ShapeError(f"theta must be a tensor with one row per series ({len(state)}).")
+        keys = torch.randint(0, 2**53, (len(state),), device=state.device)
+        keys = mix64(keys.cpu().numpy().astype(np.uint64))
+        with torch.no_grad(), torch._C.DisableTorchFunction():  # the loop draws no torch random numbers
+            counts = _direct_method(changes.to(state.device), rates, max_reactions, state, theta, times, keys)
+        return counts.to(state.dtype)
+
+    return run
+
+
+def _direct_method(
+    changes: Tensor, rates: Callable, max_reactions: int, state: Tensor, theta: Tensor, times: Tensor, keys: np.ndarray
+) -> Tensor:
+    r"""The counts :math:`(B, T, S)` at ``times``: one reaction of every unfinished series per
+    iteration, each recording its state at the times it passes before that reaction."""
+
+    batch, length = times.shape
+    times = times.double()
+    x = state.double().clone()
+    out = torch.full((batch, length, x.shape[1]), torch.nan, dtype=torch.float64, device=x.device)
+    clock = times[:, 0].clone()
+    recorded = torch.zeros(batch, dtype=torch.int64, device=x.device)  # times recorded so far
+    count = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    steps = torch.arange(length, device=x.device)
+    k = 0
+    while True:
+        cumulative = rates(x, theta).cumsum(-1)
+        total = cumulative[:, -1]
+        draws = _draws(keys, k).to(x.device)
+        # the next reaction's time: inf where every rate is zero, and for a NaN (failed) series
+        following = torch.nan_to_num(clock + draws[:, 0] / total, nan=torch.inf)
+        passed = (recorded < length) & (times.gather(1, recorded.clamp_max(length - 1)[:, None])[:, 0] < following)
+        if bool(passed.any()):
+            # index_select and index_copy_ rather than advanced indexing, which runs in parallel
+            # threads even on small tensors: under CPU contention that costs milliseconds a call
+            rows = passed.nonzero()[:, 0]
+            due = (steps >= recorded.index_select(0, rows)[:, None]) & (
+                times.index_select(0, rows) < following.index_select(0, rows)[:, None]
+            )
+            states = torch.where(due[..., None], x.index_select(0, rows)[:, None, :], out.index_select(0, rows))
+            out.index_copy_(0, rows, states)
+            recorded.index_add_(0, rows, due.sum(1))
+        fire = recorded < length
+        if not bool(fire.any()):
+            return out
+        over = fire & (count >= max_reactions)
+        if bool(over.any()):  # NaN from here on: recorded as a failed simulation
+            x = torch.where(over[:, None], torch.nan, x)
+            fire = fire & ~over
+        # the target lies in (0, total), so the reaction picked has a positive rate (the clamp
+        # only keeps the index of a series that does not fire, all of whose rates are zero, valid)
+        choice = (cumulative <= (draws[:, 1] * total)[:, None]).sum(-1).clamp_max(len(changes) - 1)
+        x = torch.where(fire[:, None], x + changes.index_select(0, choice), x)
+        clock = torch.where(fire, following, clock)
+        count += fire
+        k += 1
+
+
+def _draws(keys: np.ndarray, k: int) -> Tensor:
+    r"""The draws of reaction :math:`k` for each key, :math:`(B, 2)` in float64: a standard
+    exponential wait and a uniform on :math:`(0, 1 - 2^{-53}]`, from the SplitMix64 hash of the
+    key and the counter, as in :mod:`sbikit.runs.randomness`. Computed in numpy: torch runs
+    ``log`` on a thousand values in parallel threads, which under CPU contention costs
+    milliseconds a call."""
+
+    inner = np.array([mix64_int(((2 * k + j + 1) * _GAMMA) & _MASK) for j in (0, 1)], dtype=np.uint64)
+    words = mix64(keys[:, None] ^ inner, inplace=True)
+    draws = np.empty(words.shape)
+    draws[:, 0] = -np.log(((words[:, 0] >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53)
+    # 52 bits: u * total < total for every positive total, so no reaction of rate zero is picked
+    draws[:, 1] = ((words[:, 1] >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+    return torch.from_numpy(draws)
 
 
 class StateSpace:

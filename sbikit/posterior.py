@@ -77,7 +77,7 @@ class SupportMappedDistribution(Distribution):
         return torch.where(inside, log_p, -math.inf).float()
 
 
-_SAMPLE_CHUNK = 2**16  # samples per call when sampling many observations
+_SAMPLE_CHUNK = 2**15  # samples per call when sampling many observations
 
 
 class Posterior(abc.ABC):

@@ -10,9 +10,11 @@ __all__ = [
     "galactic_disk",
     "gaussian_linear",
     "hierarchical_gaussian",
+    "lotka_volterra",
     "ornstein_uhlenbeck",
     "poisson_glm",
     "sinusoid",
+    "sir",
     "two_moons",
 ]
 
@@ -20,8 +22,10 @@ from . import (
     galactic_disk,
     gaussian_linear,
     hierarchical_gaussian,
+    lotka_volterra,
     ornstein_uhlenbeck,
     poisson_glm,
     sinusoid,
+    sir,
     two_moons,
 )

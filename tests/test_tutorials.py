@@ -1,3 +1,4 @@
+import math
 import runpy
 
 from pathlib import Path
@@ -21,3 +22,14 @@ def test_mixed_effects_tutorial(tmp_path):
     assert bool((result["globals"][:, 1] > 0).all())
     assert result["idata"].posterior.sizes["member"] == members
     assert (tmp_path / "clinic.png").stat().st_size > 0
+
+
+def test_time_series_tutorial(tmp_path):
+    module = runpy.run_path(str(TUTORIALS / "time_series.py"))
+    result = module["main"](num_simulations=300, out=str(tmp_path))
+    assert result["early"].shape == (2000, 2) and result["full"].shape == (2000, 2)
+    assert bool((result["early"] > 0).all()) and bool((result["full"] > 0).all())
+    # 300 epidemics teach the network little (recovery is measured by benchmarks/structured.py);
+    # this runs the tutorial's recovery check end to end
+    assert len(result["correlation"]) == 2 and all(math.isfinite(c) for c in result["correlation"])
+    assert (tmp_path / "epidemic.png").stat().st_size > 0
