@@ -275,6 +275,17 @@ class Training:
                 file=sys.stderr,
             )
 
+    def abandon(self, reason: str) -> None:
+        r"""Ends training without keeping it (a candidate that lost a race), saying why."""
+
+        self.bar.close()
+        if self.lines:
+            print(
+                f"{self.name}: left after {self.history['epochs']} of {self.max_epochs} epochs, best validation loss "
+                f"{self.best:.4f} ({reason})",
+                file=sys.stderr,
+            )
+
     def finish(self) -> dict:
         r"""Ends training: restores the weights with the best validation loss and returns the history.
 

@@ -306,9 +306,9 @@ def test_training_reports_one_line_when_not_a_terminal(box3, capsys):
     data = sbikit.simulate(noisy, box3, 100, seed=0)
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2)).fit(data)
     err = capsys.readouterr().err
-    # one line for each of the two candidates that adjust="auto" trains
+    # one line for each of the two candidates that adjust="auto" races: the loser's and the winner's
     assert err.count("\n") == 2 and "reached max_epochs" in err
-    assert "training (adjusted): 2 epochs" in err and "training (unadjusted): 2 epochs" in err
+    assert "training (adjusted): 2 epochs" in err and "training (unadjusted): left after 1 of 2 epochs" in err
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2), adjust=False).fit(data)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training: 2 epochs" in err

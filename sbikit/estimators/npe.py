@@ -344,7 +344,7 @@ class NPE:
                     break
             scores = {adjust: run.best for adjust, (_, run) in runs.items()}
             chosen = min(scores, key=scores.get)
-            runs[not chosen][1].bar.close()
+            runs[not chosen][1].abandon("the other candidate's was lower")
         posterior, run = runs[chosen]
         run.advance()
         posterior.history = run.finish()
