@@ -146,7 +146,7 @@ def test_model_functions_with_wrong_outputs_are_errors():
 
 
 SET_NETWORKS = [lambda: DeepSet(2, 8), lambda: SetTransformer(2, 8)]
-SEQUENCE_NETWORKS = [lambda: GRUSummary(2, 8), lambda: ConvSummary(2, 8)]
+SEQUENCE_NETWORKS = [lambda: GRUSummary(2, 8), lambda: GRUSummary(2, 8, pooling="last_and_mean"), lambda: ConvSummary(2, 8)]
 
 
 @pytest.mark.parametrize("make", SET_NETWORKS, ids=["deepset", "set_transformer"])
@@ -165,7 +165,7 @@ def test_set_networks_are_permutation_and_padding_invariant(make):
     assert not torch.allclose(net(x[:, :3]), out, atol=1e-3)
 
 
-@pytest.mark.parametrize("make", SEQUENCE_NETWORKS, ids=["gru", "conv"])
+@pytest.mark.parametrize("make", SEQUENCE_NETWORKS, ids=["gru", "gru_mean", "conv"])
 def test_sequence_networks_ignore_trailing_padding_but_not_order(make):
     torch.manual_seed(0)
     net = make().eval()
@@ -180,7 +180,7 @@ def test_sequence_networks_ignore_trailing_padding_but_not_order(make):
     assert torch.allclose(both[0], net(x[:1, :5])[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("make", SET_NETWORKS + SEQUENCE_NETWORKS, ids=["deepset", "st", "gru", "conv"])
+@pytest.mark.parametrize("make", SET_NETWORKS + SEQUENCE_NETWORKS, ids=["deepset", "st", "gru", "gru_mean", "conv"])
 def test_empty_rows_and_bad_masks_are_errors(make):
     net = make()
     with pytest.raises(ValueError, match="at least one"):
@@ -239,8 +239,9 @@ def test_set_posterior_round_trips(set_posterior, tmp_path):
     assert torch.equal(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
 
 
-@pytest.mark.parametrize("summary", [SetTransformer(1, 16), GRUSummary(1, 16), ConvSummary(1, 16)],
-                         ids=["set_transformer", "gru", "conv"])
+@pytest.mark.parametrize("summary", [SetTransformer(1, 16), GRUSummary(1, 16),
+                                     GRUSummary(1, 16, pooling="last_and_mean"), ConvSummary(1, 16)],
+                         ids=["set_transformer", "gru", "gru_mean", "conv"])
 def test_every_structured_network_trains_and_round_trips(summary, tmp_path):
     model = hierarchical_gaussian.model(tau=0.5, num_members=(3, 8))
     data = sbikit.simulate(model, num_simulations=200, seed=0, show_progress=False)
@@ -461,3 +462,21 @@ def test_disk_model_observes_stars_with_their_errors():
     # stars of one galaxy: the velocity dispersion is the global sigma
     dispersion = torch.stack([data.theta_local[i][data.mask[i]][:, 1].std() for i in range(40)])
     assert float((dispersion / data.theta[:, 2] - 1).abs().max()) < 0.15
+
+
+def test_mean_pooling_reads_every_observed_step():
+    torch.manual_seed(0)
+    net = GRUSummary(1, 8, pooling="last_and_mean").eval()
+    x = torch.randn(1, 30, 1)
+    # a change at the first step reaches the output through the mean as well as the recurrence
+    changed = x.clone()
+    changed[0, 0] += 5.0
+    assert not torch.allclose(net(changed), net(x), atol=1e-4)
+    # a step missing inside the series is left out of the mean: its value changes nothing
+    mask = torch.ones(1, 30, dtype=torch.bool)
+    mask[0, 10] = False
+    other = x.clone()
+    other[0, 10] = 100.0
+    assert torch.allclose(net(other, mask=mask), net(x, mask=mask), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        GRUSummary(1, 8, pooling="max")

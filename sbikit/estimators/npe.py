@@ -89,7 +89,7 @@ def _default_summary(x_shape: Size, structure: str | None = None) -> nn.Module:
     if structure == "set":
         return DeepSet(x_shape[-1])
     if structure == "series":
-        return GRUSummary(x_shape[-1])
+        return GRUSummary(x_shape[-1], pooling="last_and_mean")
     return MLP(list(x_shape), out_features=32, hidden_features=(128, 128))
 
 

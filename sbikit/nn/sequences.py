@@ -36,6 +36,10 @@ class GRUSummary(nn.Module):
         out_features: The number of summary features :math:`F`.
         hidden_features: The GRU's hidden size.
         layers: The number of stacked GRU layers.
+        pooling: ``"last"`` reads the hidden state at the last observed step only;
+            ``"last_and_mean"`` adds the mean of the hidden states over the observed
+            steps, so early steps of a long series reach the summary without
+            passing through every later step (NPE's default for series).
 
     Example:
         >>> net = GRUSummary(1, out_features=8)
@@ -44,16 +48,22 @@ class GRUSummary(nn.Module):
         torch.Size([2, 8])
     """
 
-    def __init__(self, in_features: int, out_features: int = 32, hidden_features: int = 64, layers: int = 2) -> None:
+    def __init__(self, in_features: int, out_features: int = 32, hidden_features: int = 64, layers: int = 2,
+                 pooling: str = "last") -> None:
         super().__init__()
+        if pooling not in ("last", "last_and_mean"):
+            raise ValueError(f"pooling must be 'last' or 'last_and_mean', got {pooling!r}.")
         self.config = {
             "in_features": int(in_features),
             "out_features": int(out_features),
             "hidden_features": int(hidden_features),
             "layers": int(layers),
+            "pooling": pooling,
         }
+        self.pooling = pooling
         self.gru = nn.GRU(in_features + 1, hidden_features, num_layers=layers, batch_first=True)
-        self.out = _mlp([hidden_features + 1, hidden_features, out_features])
+        pooled = hidden_features * (2 if pooling == "last_and_mean" else 1)
+        self.out = _mlp([pooled + 1, hidden_features, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         mask = presence_mask(x, mask, "time steps")
@@ -62,8 +72,12 @@ class GRUSummary(nn.Module):
         steps = int(last.max()) + 1 if x.shape[0] else 0
         h, _ = self.gru(_with_mask_channel(x, mask)[:, :steps])
         final = h[torch.arange(x.shape[0], device=x.device), last]
-        length = torch.log1p(mask.sum(1, keepdim=True).to(x.dtype))
-        return self.out(torch.cat([final, length], dim=-1))
+        count = mask.sum(1, keepdim=True).to(x.dtype)
+        parts = [final]
+        if self.pooling == "last_and_mean":
+            observed = mask[:, :steps].unsqueeze(-1).to(h.dtype)
+            parts.append((h * observed).sum(1) / count.clamp_min(1))
+        return self.out(torch.cat([*parts, torch.log1p(count)], dim=-1))
 
 
 class ConvSummary(nn.Module):
