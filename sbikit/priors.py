@@ -260,6 +260,9 @@ class LinearTailsTransform(Transform):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LinearTailsTransform) and other.eps == self.eps
 
+    def __hash__(self) -> int:
+        return hash((LinearTailsTransform, self.eps))
+
     def _call(self, u: Tensor) -> Tensor:
         eps, edge = self.eps, self.edge
         upper = 1 - eps * torch.exp(-(u - edge).clamp_min(0) / eps)
