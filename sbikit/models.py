@@ -32,13 +32,11 @@ from tqdm.auto import tqdm
 from ._checks import check_count
 from .data import Failure, Simulations, as_float_tensor
 from .priors import check_prior
-from .runs.randomness import RowStreams, warn_unattributed
-from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, mix64_int, root_seed, simulation_seeds, stream_keys
+from .runs.randomness import RowStreams, keyed_words, warn_unattributed
+from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, root_seed, simulation_seeds, stream_keys
 from .runs.simulate import _batch_seed, _isolated_global_generators, _summary, draw_prior
 
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
-_GAMMA = 0x9E3779B97F4A7C15  # the golden-ratio increment of SplitMix64
-_MASK = (1 << 64) - 1
 
 
 class _ContractError(Exception):
@@ -481,8 +479,7 @@ def _draws(keys: np.ndarray, k: int) -> Tensor:
     ``log`` on a thousand values in parallel threads, which under CPU contention costs
     milliseconds a call."""
 
-    inner = np.array([mix64_int(((2 * k + j + 1) * _GAMMA) & _MASK) for j in (0, 1)], dtype=np.uint64)
-    words = mix64(keys[:, None] ^ inner, inplace=True)
+    words = keyed_words(keys, 2 * k + 1, 2)
     draws = np.empty(words.shape)
     draws[:, 0] = -np.log(((words[:, 0] >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53)
     # 52 bits: u * total < total for every positive total, so no reaction of rate zero is picked

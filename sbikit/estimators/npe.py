@@ -366,8 +366,8 @@ class NPE:
                 summary = copy.deepcopy(self.summary)
             else:
                 summary = _default_summary(data.x_shape, structure)
-            transform = from_unconstrained(self.prior, "linear")
-            features = transform.inverse_shape(self.prior.event_shape)[-1]
+            intervals = "linear"  # how bounded parameters are mapped; files record it
+            features = from_unconstrained(self.prior, intervals).inverse_shape(self.prior.event_shape)[-1]
             network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -375,7 +375,7 @@ class NPE:
                 "summary": io.module_spec(summary),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": "linear",
+                "intervals": intervals,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
             u = posterior.transform.inv(data.theta.double())

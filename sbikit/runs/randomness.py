@@ -79,6 +79,18 @@ def _integers(func, args: tuple, kwargs: dict) -> tuple[int, int]:
     return kwargs.get("low", low), kwargs.get("high", high)
 
 
+def keyed_words(keys: np.ndarray, first: int, n: int) -> np.ndarray:
+    r"""The counter-based words :math:`h(k_i \oplus h((c + j)\,\gamma))` for the keys
+    :math:`k_i` and the counters :math:`c = \text{first}, \dots, \text{first} + n - 1`,
+    :math:`(B, n)` ``uint64``: row :math:`i` depends on its key alone."""
+
+    if n <= 8:  # the usual case, one or a few draws per row: Python ints are faster
+        inner = np.array([mix64_int(((first + j) * _GAMMA_INT) & _MASK) for j in range(n)], dtype=np.uint64)
+    else:
+        inner = mix64((np.arange(n, dtype=np.uint64) + np.uint64(first)) * _GAMMA, inplace=True)
+    return mix64(keys.reshape(-1, 1) ^ inner, inplace=True)
+
+
 class RowStreams(TorchFunctionMode):
     r"""Gives each row of a batch its own torch random stream.
 
@@ -102,11 +114,7 @@ class RowStreams(TorchFunctionMode):
 
         first = (self.counter << 32) + 1
         self.counter += 1
-        if n <= 8:  # the usual case, one or a few draws per row: Python ints are faster
-            inner = np.array([mix64_int(((first + j) * _GAMMA_INT) & _MASK) for j in range(n)], dtype=np.uint64)
-        else:
-            inner = mix64((np.arange(n, dtype=np.uint64) + np.uint64(first)) * _GAMMA, inplace=True)
-        return mix64(self.keys ^ inner, inplace=True)
+        return keyed_words(self.keys, first, n)
 
     def _uniform(self, like: Tensor, open_interval: bool = False, bits: int | None = None) -> Tensor:
         r"""Uniforms on :math:`[0, 1)` (or :math:`(0, 1)`) in float64, shaped like ``like``.
