@@ -52,3 +52,30 @@ def test_fast_coupling_matches_zuko(features, builder):
     slow(c).log_prob(theta).sum().backward()
     for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), name
+
+
+@pytest.mark.parametrize("builder", [sbikit.coupling_flow, sbikit.affine_coupling_flow])
+def test_weights_from_before_the_affine_at_the_base_load_as_the_identity(builder):
+    # a flow saved before the base-side affine layer existed has no weights for it
+    torch.manual_seed(0)
+    flow = builder(3, 4)
+    assert isinstance(flow.transform.transforms[-1], flows._ScaleAtTheBase)
+    last = str(len(flow.transform.transforms) - 1)
+    old = {k: v for k, v in flow.state_dict().items() if not k.startswith(f"transform.transforms.{last}.")}
+    assert len(old) < len(flow.state_dict())
+
+    torch.manual_seed(1)
+    loaded = builder(3, 4)
+    loaded.load_state_dict(old)  # strict: nothing missing, nothing unexpected
+    c, theta = torch.randn(7, 4), torch.randn(5, 7, 3)
+    with torch.no_grad():
+        u = loaded.transform.transforms[-1](c)(theta)
+        assert torch.equal(u, theta)
+        del flow.transform.transforms[-1]  # the old architecture, with the saved weights
+        flow.load_state_dict(old)
+        torch.testing.assert_close(loaded(c).log_prob(theta), flow(c).log_prob(theta))
+    # a complete state dict keeps its own weights for the layer
+    full = builder(3, 4).state_dict()
+    fresh = builder(3, 4)
+    fresh.load_state_dict(full)
+    assert all(torch.equal(full[k], v) for k, v in fresh.state_dict().items())
