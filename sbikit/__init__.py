@@ -6,18 +6,29 @@ and check it::
     data = sbikit.simulate(simulator, prior, num_simulations=5_000, seed=0)
     posterior = sbikit.NPE(prior).fit(data)
     samples = posterior.sample(1_000, x=x_obs)
+
+or learn a surrogate likelihood, and sample the posterior of i.i.d. trials by MCMC::
+
+    likelihood = sbikit.NLE(prior).fit(data)
+    samples = likelihood.posterior(trials).sample(1_000)
 """
 
 __all__ = [
+    "AmortizedPosterior",
     "BoxUniform",
     "FormatError",
     "HierarchicalNPE",
     "HierarchicalPosterior",
+    "Likelihood",
+    "MCMCConfig",
+    "MCMCPosterior",
     "MixedEffects",
+    "NLE",
     "NPE",
     "NPEPosterior",
     "Posterior",
     "ProductPrior",
+    "SamplingError",
     "Simulations",
     "StateSpace",
     "TrainConfig",
@@ -35,12 +46,13 @@ __version__ = "0.1.0"
 
 from . import diagnostics
 from .data import Simulations
-from .errors import FormatError, TrainingError
-from .estimators import NPE, HierarchicalNPE, HierarchicalPosterior, NPEPosterior
+from .errors import FormatError, SamplingError, TrainingError
+from .estimators import NLE, NPE, HierarchicalNPE, HierarchicalPosterior, Likelihood, NPEPosterior
 from .flows import affine_coupling_flow, coupling_flow
 from .io import load
 from .models import MixedEffects, StateSpace, euler_maruyama, gillespie
-from .posterior import Posterior
+from .mcmc import MCMCConfig
+from .posterior import AmortizedPosterior, MCMCPosterior, Posterior
 from .priors import BoxUniform, ProductPrior
 from .runs import simulate
 from .train import TrainConfig

@@ -4,7 +4,7 @@ Only arviz 0.x (``InferenceData``) is used today; a port to 1.x touches this
 module alone.
 """
 
-__all__ = ["members_to_inference_data", "posterior_to_inference_data", "summary", "to_netcdf"]
+__all__ = ["convergence", "members_to_inference_data", "posterior_to_inference_data", "summary", "to_netcdf"]
 
 import numpy as np
 import warnings
@@ -25,8 +25,11 @@ def posterior_to_inference_data(
     names: Sequence[str],
     observed: np.ndarray,
     attrs: dict | None = None,
+    sample_stats: dict[str, np.ndarray] | None = None,
 ):
-    r"""Builds an InferenceData from samples :math:`(C, S, D)` and one observation."""
+    r"""Builds an InferenceData from samples :math:`(C, S, D)` and one observation, and
+    optionally per-draw sampler statistics :math:`(C, S)` (arviz's names: ``lp``,
+    ``acceptance_rate``, ``diverging``)."""
 
     az = _arviz()
 
@@ -35,10 +38,26 @@ def posterior_to_inference_data(
     dims = {"x": [f"x_dim_{i}" for i in range(x.ndim)]}
     return az.from_dict(
         posterior=posterior,
+        sample_stats=sample_stats,
         observed_data={"x": x},
         dims=dims,
         attrs={"created_by": "sbikit", **(attrs or {})},
     )
+
+
+def convergence(samples: np.ndarray) -> dict[str, np.ndarray]:
+    r"""Returns arviz's rank-normalized split-:math:`\hat{R}` and bulk and tail effective
+    sample sizes of chains :math:`(C, S, D)`, each :math:`(D,)`, under the keys
+    ``r_hat``, ``ess_bulk`` and ``ess_tail``."""
+
+    az = _arviz()
+
+    data = az.convert_to_dataset({"theta": samples})
+    return {
+        "r_hat": np.asarray(az.rhat(data)["theta"]),
+        "ess_bulk": np.asarray(az.ess(data, method="bulk")["theta"]),
+        "ess_tail": np.asarray(az.ess(data, method="tail")["theta"]),
+    }
 
 
 def members_to_inference_data(

@@ -4,7 +4,7 @@ Input errors are plain :class:`ValueError` and :class:`TypeError`; the classes h
 mark failures that have no built-in equivalent.
 """
 
-__all__ = ["FormatError", "TrainingError"]
+__all__ = ["FormatError", "SamplingError", "TrainingError"]
 
 
 class FormatError(ValueError):
@@ -13,3 +13,7 @@ class FormatError(ValueError):
 
 class TrainingError(RuntimeError):
     r"""Training cannot go on, for example after repeated non-finite losses."""
+
+
+class SamplingError(RuntimeError):
+    r"""MCMC cannot go on, for example where the log density turns NaN; the message says where."""

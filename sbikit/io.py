@@ -7,10 +7,17 @@ rebuilds the networks from the config. Only builders from ``sbikit`` and ``zuko`
 and distributions from ``torch.distributions`` are rebuilt by name; a posterior
 trained with a custom prior, summary network or flow builder is loaded by
 passing that object again.
+
+What can be saved is a :class:`Saveable`: a class that names its ``kind``, holds
+every trained weight in ``network`` and rebuilds itself with
+``from_config(config, **components)``. :func:`load` finds the class by the
+``kind`` in the file and hands it the components the caller passes, so a new
+kind of estimator needs no change here.
 """
 
 __all__ = [
     "FORMAT_VERSION",
+    "Saveable",
     "save",
     "load",
     "prior_spec",
@@ -18,9 +25,13 @@ __all__ = [
     "constraint_spec",
     "constraint_from_spec",
     "builder_spec",
+    "check_components",
     "module_spec",
+    "rebuild",
+    "rebuild_prior",
 ]
 
+import abc
 import functools
 import importlib
 import inspect
@@ -34,19 +45,107 @@ import torch.distributions as D
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import FormatError
-from .priors import BoxUniform, ProductPrior, SupportOnly
+from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_same_prior
 
 # 2: the prior's fingerprint in the config; observations standardized per feature
 # 3: bounded parameters mapped by LinearTailsTransform, not the logistic (config "intervals")
 FORMAT_VERSION = 3
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
-_KINDS = {
-    "NPE": "sbikit.estimators.npe:NPEPosterior",
-    "HierarchicalNPE": "sbikit.estimators.hierarchical:HierarchicalPosterior",
-}
+
+
+class Saveable(abc.ABC):
+    r"""What :func:`save` writes and :func:`load` reads back.
+
+    A subclass sets the class attribute ``kind`` (the name written in the file,
+    which registers the class with :func:`load`), holds every trained weight in
+    ``network``, a :class:`torch.nn.Module`, and provides ``config()`` and
+    ``from_config(config, **components)``; the keyword arguments of
+    ``from_config`` are the components a caller may pass to :func:`load`.
+    """
+
+    kinds: ClassVar[dict[str, type]] = {}
+    kind: ClassVar[str]
+    network: torch.nn.Module
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in vars(cls):
+            Saveable.kinds[cls.kind] = cls
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        r"""Returns the JSON-able description that :meth:`from_config` rebuilds from."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict, **components) -> "Saveable":
+        r"""Rebuilds an untrained object from :meth:`config`, with the components
+        (prior, networks) that cannot be rebuilt by name."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device):
+        r"""Moves the network to ``device`` and returns the object."""
+
+        self.network.to(device)
+        return self
+
+    def save(self, path) -> None:
+        r"""Writes the object to ``path`` atomically; :func:`sbikit.load` reads it back.
+
+        The file holds a versioned JSON config and the network's ``state_dict``
+        (see :mod:`sbikit.io`).
+        """
+
+        save(self, path)
+
+
+def _kind(name: object) -> type:
+    if name not in Saveable.kinds:
+        importlib.import_module("sbikit.estimators")  # registers every kind sbikit defines
+    return Saveable.kinds[name]
+
+
+def _custom(name: str) -> FormatError:
+    return FormatError(
+        f"this file was trained with a custom {name}, which is not rebuilt by name; "
+        f"pass it: sbikit.load(path, {name}=...)."
+    )
+
+
+def rebuild(name: str, given: object, spec: dict | None, *args) -> object:
+    r"""Returns the component ``given`` by the caller, else the one ``spec`` describes,
+    built with ``args`` (see :func:`build`).
+
+    Raises:
+        FormatError: If neither is there: the component was custom, so not rebuilt by name.
+    """
+
+    if given is not None:
+        return given
+    if spec is None:
+        raise _custom(name)
+    return build(spec, *args)
+
+
+def rebuild_prior(given: D.Distribution | None, specs: dict) -> D.Distribution:
+    r"""Returns the prior passed, checked against the saved fingerprint
+    (``specs["prior_check"]``), else the one rebuilt from ``specs["prior"]``."""
+
+    if given is None:
+        if specs["prior"] is None:
+            raise _custom("prior")
+        return prior_from_spec(specs["prior"])
+    prior = check_prior(given)
+    if specs.get("prior_check") is not None:
+        check_same_prior(prior, specs["prior_check"])
+    return prior
 
 
 def _resolve(target: str) -> object:
@@ -269,17 +368,34 @@ def _read(path: Path, device: str) -> dict:
     ) from None
 
 
+def check_components(cls: type, kind: str, components: dict) -> None:
+    r"""Raises a TypeError naming the components that ``cls.from_config`` does not take
+    (one that takes ``**components`` hands them on, and checks them there)."""
+
+    parameters = inspect.signature(cls.from_config).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [name for name in parameters if name != "config"]
+    unknown = sorted(set(components) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"load got {', '.join(map(repr, unknown))}, which a {kind} file does not take; "
+            f"it takes {', '.join(map(repr, accepted))}."
+        )
+
+
 def load(path: str | os.PathLike, *, device: str = "cpu", **components):
-    r"""Loads a posterior written by :meth:`Posterior.save`.
+    r"""Loads a posterior or likelihood written by its ``save`` method.
 
     Arguments:
         path: The file.
         device: Where to put the networks.
-        components: What the posterior's class cannot rebuild by name, passed
-            again: for NPE, ``prior`` (a custom distribution), ``summary`` (an
-            untrained instance of a custom summary network) and ``flow`` (a
-            custom flow builder). A ``prior`` passed is compared with the one
-            the posterior was trained with, and refused if it differs.
+        components: What the saved class cannot rebuild by name, passed again and
+            handed to its ``from_config``: for NPE, ``prior`` (a custom
+            distribution), ``summary`` (an untrained instance of a custom summary
+            network) and ``flow`` (a custom flow builder); for NLE, ``prior``,
+            ``embedding`` and ``flow``. A ``prior`` passed is compared with the one
+            trained with, and refused if it differs.
 
     Raises:
         FormatError: If the file is empty, truncated, foreign, from a newer
@@ -301,21 +417,15 @@ def load(path: str | os.PathLike, *, device: str = "cpu", **components):
         )
     try:
         config = json.loads(payload["config"])
-        cls = _resolve(_KINDS[config["kind"]])
+        cls = _kind(config["kind"])
     except (KeyError, ValueError, TypeError) as error:
         raise FormatError(f"{str(path)!r} has a damaged config: {error}") from None
-    accepted = [name for name in inspect.signature(cls.from_config).parameters if name != "config"]
-    unknown = sorted(set(components) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"load got {', '.join(map(repr, unknown))}, which a {config['kind']} posterior does not take; "
-            f"it takes {', '.join(map(repr, accepted))}."
-        )
+    check_components(cls, config["kind"], components)
     posterior = cls.from_config(config, **components)
     try:
         posterior.network.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as error:
-        custom = [name for name in ("summary", "flow") if name in components]
+        custom = [name for name in components if name != "prior"]
         hint = (
             f"the {' and '.join(custom)} passed must have the architecture it was trained with"
             if custom

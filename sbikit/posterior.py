@@ -2,22 +2,53 @@ r"""Posteriors: the common surface of every trained estimator.
 
 A :class:`Posterior` is a plain object that holds its trained weights in one
 :class:`torch.nn.Module`, ``posterior.network``, and offers checked ``sample``,
-``log_prob``, ``to_arviz`` and ``save``. Subclasses say how to draw and how to
-evaluate the density; this module checks the arguments and shapes once for all.
+``log_prob``, ``to_arviz`` and ``save``. What a posterior can do differs, and
+each class says so in three flags:
+
+- ``amortized``: ``sample(n, x)`` and ``log_prob(theta, x)`` take the observation
+  (NPE), or the posterior was built for one observation and they do not (an MCMC
+  posterior of NLE: ``sample(n)``, ``log_prob(theta)``);
+- ``normalized``: ``log_prob`` is a normalized density, or only up to a constant;
+- ``independent_draws``: ``sample`` returns independent draws, or the draws of
+  Markov chains, which ``to_arviz`` returns as chains.
+
+:class:`AmortizedPosterior` checks the arguments and shapes once for every
+posterior whose ``distribution(x)`` is a normalized distribution;
+:class:`MCMCPosterior` samples :math:`p(\theta) \prod_i q(x_i | \theta)` by
+vectorized HMC (:mod:`sbikit.mcmc`) for any likelihood that follows its contract.
 """
 
-__all__ = ["Posterior", "SupportMappedDistribution"]
+__all__ = ["AmortizedPosterior", "MCMCPosterior", "Posterior", "SupportMappedDistribution", "clamp_to_support"]
 
 import abc
 import math
+import numpy as np
+import time
 import torch
-import torch.nn as nn
+import warnings
 
 from torch import Size, Tensor
 from torch.distributions import Distribution, Transform, constraints
+from tqdm.auto import tqdm
+from typing import ClassVar
 
 from ._checks import check_count, check_theta, check_x
+from .errors import SamplingError
+from .io import Saveable
+from .mcmc import HMC, MCMCConfig, importance_fit
 from .priors import in_support, support_bounds
+
+
+def clamp_to_support(theta: Tensor, prior: Distribution) -> Tensor:
+    r"""Moves parameters :math:`(*, D)` that float rounding put on a closed boundary of a
+    box-shaped support just inside it; other supports are left as they are."""
+
+    bounds = support_bounds(prior)
+    if bounds is not None:
+        lower, upper = (b.to(theta.dtype) for b in bounds)
+        theta = torch.maximum(theta, torch.nextafter(lower, upper))
+        theta = torch.minimum(theta, torch.nextafter(upper, lower))
+    return theta
 
 
 class SupportMappedDistribution(Distribution):
@@ -57,13 +88,7 @@ class SupportMappedDistribution(Distribution):
     def sample(self, sample_shape: Size = Size()) -> Tensor:
         with torch.no_grad():
             u = self.base.sample(sample_shape).cpu().double()
-        theta = self.transform(self.loc + self.scale * u).float()
-        bounds = support_bounds(self.prior)
-        if bounds is not None:  # float rounding can land on a closed boundary
-            lower, upper = (b.float() for b in bounds)
-            theta = torch.maximum(theta, torch.nextafter(lower, upper))
-            theta = torch.minimum(theta, torch.nextafter(upper, lower))
-        return theta
+        return clamp_to_support(self.transform(self.loc + self.scale * u).float(), self.prior)
 
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = theta.cpu()
@@ -80,8 +105,48 @@ class SupportMappedDistribution(Distribution):
 _SAMPLE_CHUNK = 2**15  # samples per call when sampling many observations
 
 
-class Posterior(abc.ABC):
-    r"""The surface shared by trained posteriors.
+class Posterior(Saveable):
+    r"""What every posterior is: a prior, parameter names, trained weights in ``network``,
+    and ``sample``, ``log_prob``, ``to_arviz`` and ``save``.
+
+    A subclass sets ``prior``, ``parameter_names``, ``history`` and ``network``, the
+    flags ``amortized``, ``normalized`` and ``independent_draws`` (see the module's
+    description), and ``kind``, ``config`` and ``from_config`` for saving (see
+    :class:`sbikit.io.Saveable`). Anything with ``sample`` and ``log_prob`` serves
+    the diagnostics.
+    """
+
+    amortized: ClassVar[bool]
+    normalized: ClassVar[bool]
+    independent_draws: ClassVar[bool]
+    prior: Distribution
+    parameter_names: list[str]
+
+    @abc.abstractmethod
+    def sample(self, num_samples: int, *args, **kwargs) -> Tensor:
+        r"""Draws :math:`(n, D)` samples (:math:`(n, m, D)` for a batch of observations)."""
+
+    @abc.abstractmethod
+    def log_prob(self, theta: object, *args, **kwargs) -> Tensor:
+        r"""Evaluates the log-density of parameters :math:`(*, D)`."""
+
+    @abc.abstractmethod
+    def to_arviz(self, *args, **kwargs):
+        r"""Returns an arviz InferenceData of posterior draws."""
+
+    @property
+    def theta_dim(self) -> int:
+        return self.prior.event_shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(prior={self.prior!r}, x_shape={tuple(self.x_shape)}, "
+            f"parameter_names={self.parameter_names})"
+        )
+
+
+class AmortizedPosterior(Posterior):
+    r"""A posterior for any observation, whose density is a normalized distribution.
 
     A subclass sets ``prior``, ``x_shape``, ``parameter_names``, ``history`` and
     ``network`` (the :class:`torch.nn.Module` holding every trained weight), and
@@ -90,42 +155,19 @@ class Posterior(abc.ABC):
     - ``distribution(x)``: :math:`p(\theta | x)` as a normalized
       :class:`~torch.distributions.Distribution` with batch shape :math:`(*)`, for
       checked observations :math:`(*, *x\_shape)` on the network's device;
-    - ``config()`` and ``from_config(config, **components)``, for saving.
+    - ``kind``, ``config()`` and ``from_config(config, **components)``, for saving.
 
     Calling the posterior, ``posterior(x)``, returns ``distribution(x)`` for a
     checked ``x``.
     """
 
-    kind = "posterior"
-    network: nn.Module
+    amortized = True
+    normalized = True
+    independent_draws = True
 
     @abc.abstractmethod
     def distribution(self, x: Tensor) -> Distribution:
         r"""Returns :math:`p(\theta | x)` for checked observations on the network's device."""
-
-    @abc.abstractmethod
-    def config(self) -> dict:
-        r"""Returns the JSON-able description that :meth:`from_config` rebuilds from."""
-
-    @classmethod
-    @abc.abstractmethod
-    def from_config(cls, config: dict, **components) -> "Posterior":
-        r"""Rebuilds an untrained posterior from :meth:`config`, with the components
-        (prior, networks) that cannot be rebuilt by name."""
-
-    @property
-    def theta_dim(self) -> int:
-        return self.prior.event_shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
-    def to(self, device: str | torch.device) -> "Posterior":
-        r"""Moves the network to ``device`` and returns the posterior."""
-
-        self.network.to(device)
-        return self
 
     def _x(self, x: object) -> tuple[Tensor, Size]:
         x, batch = check_x(x, self.x_shape, structure=getattr(self, "structure", None))
@@ -185,9 +227,11 @@ class Posterior(abc.ABC):
     def to_arviz(self, x: object, num_samples: int = 1000, num_chains: int = 4):
         r"""Samples :math:`p(\theta | x)` for one observation into an arviz InferenceData.
 
-        The i.i.d. samples are split into ``num_chains`` chains, so that arviz's
-        split-:math:`\hat{R}` and ESS apply. The InferenceData has a ``posterior``
-        group with one variable per parameter and an ``observed_data`` group.
+        The independent draws are split into ``num_chains`` groups that arviz calls
+        chains (its :math:`\hat{R}` is then 1 up to noise, and the ESS is about the
+        number of draws); the attribute ``draws`` says ``"independent"``. The
+        InferenceData has a ``posterior`` group with one variable per parameter and
+        an ``observed_data`` group.
         """
 
         from . import _arviz
@@ -203,22 +247,262 @@ class Posterior(abc.ABC):
             raise ValueError(f"to_arviz takes one observation of shape {tuple(self.x_shape)}, got {tuple(x.shape)}.")
         samples = self.sample(num_samples, x).reshape(num_chains, -1, self.theta_dim)
         return _arviz.posterior_to_inference_data(
-            samples.numpy(), self.parameter_names, x.numpy(), attrs={"inference": self.kind}
+            samples.numpy(), self.parameter_names, x.numpy(), attrs={"inference": self.kind, "draws": "independent"}
         )
 
-    def save(self, path) -> None:
-        r"""Writes the posterior to ``path`` atomically; :func:`sbikit.load` reads it back.
 
-        The file holds a versioned JSON config and the network's ``state_dict``
-        (see :mod:`sbikit.io`).
+_MIN_DRAWS = 64  # HMC draws per chain at least: R-hat of 64 x 64 independent draws stays below 1.01
+_ROWS = 2**16  # (parameter, trial) pairs per network call outside the chains' steps
+_USABLE_FIT = 0.01  # the share above which independence proposals alone are used (on chains up to 30x longer)
+
+
+class MCMCPosterior(Posterior):
+    r"""The posterior of a surrogate likelihood and one set of i.i.d. trials, sampled by MCMC.
+
+    .. math:: p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_{i=1}^N q(x_i | \theta)
+
+    The chains run in the prior's unconstrained space :math:`u = T^{-1}(\theta)`, on
+    :math:`\sum_i \log q(x_i | T(u)) + \log p(T(u)) + \log |\det J_T(u)|`, so they
+    never leave the support; :class:`sbikit.mcmc.HMC` moves all chains with one network
+    call per leapfrog step. The chains start from ``num_candidates`` prior draws,
+    resampled by their likelihood without replacement (distinct points in the
+    posterior's neighbourhood), and warm up once, at the first ``sample``; later calls
+    continue the same chains. After each ``sample``, arviz's :math:`\hat R` and bulk and
+    tail ESS are computed from the chains (``history``), and a ``RuntimeWarning`` says
+    when :math:`\hat R` exceeds ``max_rhat`` or the bulk ESS is below ``min_ess``.
+
+    The likelihood must provide ``prior``, ``parameter_names``, ``x_shape``, ``network``,
+    ``transform`` (:func:`sbikit.priors.from_unconstrained`), ``kind`` and ``config()``
+    (it is a :class:`sbikit.io.Saveable`), and ``trial_log_likelihood(u, trials)``:
+    :math:`(C, D), (N, *x\_shape) \to (C, N)`, differentiable in :math:`u`.
+
+    Arguments:
+        likelihood: The surrogate, for example a :class:`sbikit.Likelihood`.
+        x_obs: One observation :math:`(*x\_shape)` or :math:`N` trials :math:`(N, *x\_shape)`.
+        mcmc: The sampler's settings; :class:`sbikit.MCMCConfig()` by default.
+    """
+
+    kind = "MCMC"
+    amortized = False
+    normalized = False
+    independent_draws = False
+
+    def __init__(self, likelihood, x_obs: object, mcmc: MCMCConfig | None = None) -> None:
+        if mcmc is not None and not isinstance(mcmc, MCMCConfig):
+            raise TypeError(f"mcmc must be a sbikit.MCMCConfig, got {type(mcmc).__name__}.")
+        x, batch = check_x(x_obs, likelihood.x_shape, name="x_obs")
+        if len(batch) > 1:
+            raise ValueError(
+                f"x_obs has shape {tuple(x.shape)}; pass one observation {tuple(likelihood.x_shape)} or N "
+                f"i.i.d. trials (N, {', '.join(map(str, likelihood.x_shape))})."
+            )
+        self.likelihood = likelihood
+        self.prior, self.parameter_names = likelihood.prior, likelihood.parameter_names
+        self.x_shape, self.network, self.transform = likelihood.x_shape, likelihood.network, likelihood.transform
+        self.x_obs = x
+        self.trials = x.reshape(-1, *self.x_shape)
+        self.mcmc = mcmc if mcmc is not None else MCMCConfig()
+        self.history: dict = {}
+        self._sampler: HMC | None = None
+        self._chains = None
+
+    def _log_prior(self, u: Tensor) -> Tensor:
+        r""":math:`\log p(T(u)) + \log |\det J_T(u)|`, :math:`(C,)`: the prior's density in
+        unconstrained space (the map in float64, so the tails do not round onto a bound)."""
+
+        u = u.double()
+        theta = self.transform(u)
+        jacobian = self.transform.log_abs_det_jacobian(u, theta)
+        return self.prior.log_prob(clamp_to_support(theta.float(), self.prior)) + jacobian.float()
+
+    def _log_density(self, u: Tensor) -> Tensor:
+        return self.likelihood.trial_log_likelihood(u, self.trials).sum(-1) + self._log_prior(u)
+
+    def _log_likelihood(self, u: Tensor) -> Tensor:
+        r""":math:`\sum_i \log q(x_i | T(u))`, :math:`(B,)`, without gradients, in chunks."""
+
+        step = max(1, _ROWS // len(self.trials))
+        with torch.no_grad():
+            parts = [self.likelihood.trial_log_likelihood(part, self.trials).sum(-1) for part in u.split(step)]
+        return torch.cat(parts)
+
+    def _describe(self, u: Tensor) -> str:
+        with torch.no_grad():
+            theta = self.transform(u.double()).float()
+            trials = self.likelihood.trial_log_likelihood(u[None], self.trials)[0]
+            prior = float(self._log_prior(u[None])[0])
+        bad = (~torch.isfinite(trials)).nonzero().flatten().tolist()
+        where = f"theta = {[round(v, 4) for v in theta.tolist()]}"
+        if bad:
+            return (f"{where}, where the log-likelihood of trial {bad[0]} of {len(trials)} is {float(trials[bad[0]])} "
+                    f"({len(bad)} trial(s) not finite) and the log prior is {prior}")
+        return f"{where}, where every trial's log-likelihood is finite and the log prior is {prior}"
+
+    def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        r"""The chains' starting points :math:`(C, D)` and a Gaussian approximation (mean,
+        Cholesky factor) of the posterior in unconstrained space: prior draws weighted by
+        their likelihood, refined by adaptive importance sampling, then resampled by their
+        weights without replacement (Gumbel top-k)."""
+
+        count = self.mcmc.num_chains
+        with torch.no_grad():
+            u = self.transform.inv(self.prior.sample((self.mcmc.num_candidates,)).double()).float()
+        log_w = torch.full((len(u),), -math.inf)
+        ok = torch.isfinite(u).all(-1)
+        log_w[ok] = self._log_likelihood(u[ok])
+        finite = torch.isfinite(log_w)
+        if int(finite.sum()) == 0 or bool(torch.isnan(log_w).any()):
+            first = int((~finite).nonzero()[0])
+            raise SamplingError(
+                f"{int((~finite).sum())} of {len(u)} prior draws have a likelihood that is not finite; at the "
+                f"first, {self._describe(u[first])}. Check x_obs against the simulator's outputs."
+            )
+
+        def log_target(v: Tensor) -> Tensor:
+            return self._log_likelihood(v) + self._log_prior(v)
+
+        loc, tril, u, log_w, self._fit_ess = importance_fit(log_target, u, log_w)
+        gumbel = -torch.log(-torch.log(torch.rand(len(u)).clamp_min(1e-30)))
+        return u[(log_w + gumbel).topk(count).indices], (loc, tril)
+
+    def sample(self, num_samples: int) -> Tensor:
+        r"""Draws from the posterior by MCMC.
+
+        The first call starts the chains and warms them up (``MCMCConfig.warmup``);
+        each call then runs :math:`S = \max(\lceil n / C \rceil, 64)` iterations per chain
+        (times ``thin``) and checks convergence (see the class description).
+
+        Arguments:
+            num_samples: The number of draws :math:`n`.
+
+        Returns:
+            The draws :math:`(n, D)`, iteration by iteration across the chains; all
+            :math:`C \times S` draws are in :meth:`to_arviz`.
         """
 
-        from .io import save
+        num_samples = check_count(num_samples, "num_samples")
+        config = self.mcmc
+        started = time.perf_counter()
+        fresh = self._sampler is None
+        if fresh:
+            start, approximation = self._start()
+            # a close approximation: independence proposals alone, evaluated in a few large calls, on
+            # fewer, longer chains (their draws repeat after a rejection, which short chains'
+            # R-hat reads as disagreement)
+            self._independent = config.independence and self._fit_ess >= _USABLE_FIT
+            if self._independent:
+                start = start[: max(4, config.num_chains // 8)]
+            self._sampler = HMC(self._log_density, start, config, self._describe, approximation)
+        chains_count = len(self._sampler.z)
+        # independence chains: longer, the lower the importance fit's ESS share (its autocorrelation grows so)
+        least = _MIN_DRAWS * 8 * min(30, math.ceil(1 / self._fit_ess)) if self._independent else _MIN_DRAWS
+        draws = max(math.ceil(num_samples / chains_count), least)
+        disable = None if config.show_progress is None else not config.show_progress
+        with tqdm(total=(config.warmup if fresh else 0) + draws * config.thin, unit="step", disable=disable,
+                  desc="MCMC warm-up" if fresh else "MCMC") as bar:
+            if fresh:
+                if self._independent:
+                    self._sampler.sample_independent(config.warmup, bar)
+                else:
+                    self._sampler.warmup(bar)
+                bar.set_description("MCMC")
+            if self._independent:
+                chains = self._sampler.sample_independent(draws, bar)
+            else:
+                chains = self._sampler.sample(draws, bar)
+        theta = clamp_to_support(self.transform(chains.draws.double()).float(), self.prior)  # (C, S, D)
+        self._chains = (theta, chains)
+        self._check(theta, chains, time.perf_counter() - started)
+        return theta.transpose(0, 1).reshape(-1, self.theta_dim)[:num_samples]
 
-        save(self, path)
+    def _check(self, theta: Tensor, chains, seconds: float) -> None:
+        from . import _arviz
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(prior={self.prior!r}, x_shape={tuple(self.x_shape)}, "
-            f"parameter_names={self.parameter_names})"
-        )
+        stats = _arviz.convergence(theta.numpy())
+        sampler, config = self._sampler, self.mcmc
+        self.history = {
+            "sampler": "independence" if self._independent else "hmc",
+            "num_chains": theta.shape[0], "draws_per_chain": theta.shape[1], "warmup": config.warmup,
+            "thin": config.thin, "step_size": sampler.step_size,
+            "leapfrog_steps": sampler._leapfrog_steps(sampler.step_size),
+            "acceptance": float(chains.accept.mean()), "divergences": int(chains.divergent.sum()),
+            "r_hat": stats["r_hat"].tolist(), "ess_bulk": stats["ess_bulk"].tolist(),
+            "ess_tail": stats["ess_tail"].tolist(), "seconds": seconds,
+        }
+        r_hat, ess = stats["r_hat"], stats["ess_bulk"]
+        worst = int(np.nanargmax(np.where(np.isnan(r_hat), np.inf, r_hat)))
+        if not r_hat[worst] <= config.max_rhat:
+            warnings.warn(
+                f"the MCMC chains disagree: R-hat is {r_hat[worst]:.3f} for {self.parameter_names[worst]} "
+                f"(above {config.max_rhat}); separate modes, or chains still moving. Draw more "
+                "(posterior.sample(n) continues the chains), or raise MCMCConfig(warmup=...).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        low = int(np.nanargmin(np.where(np.isnan(ess), -np.inf, ess)))
+        if not ess[low] >= config.min_ess:
+            warnings.warn(
+                f"the bulk effective sample size is {ess[low]:.0f} for {self.parameter_names[low]}, below "
+                f"MCMCConfig.min_ess = {config.min_ess}; draw more samples.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def log_prob(self, theta: object) -> Tensor:
+        r"""Evaluates the **unnormalized** log posterior :math:`\log p(\theta) + \sum_i \log q(x_i | \theta)`.
+
+        The normalizing constant :math:`\log p(x_1, \dots, x_N)` is unknown, so values
+        differ from the normalized log-density by the same constant everywhere: use them
+        to compare parameters, not as densities.
+
+        Arguments:
+            theta: Parameters :math:`(*, D)`; rows outside the prior's support get :math:`-\infty`.
+
+        Returns:
+            The log-densities :math:`(*)`, on the CPU.
+        """
+
+        theta = check_theta(theta, self.theta_dim)
+        flat = theta.reshape(-1, self.theta_dim)
+        inside = in_support(self.prior, flat)
+        anchor = self.transform(torch.zeros(self.theta_dim, dtype=torch.float64)).float()
+        safe = torch.where(inside.unsqueeze(-1), flat, anchor)
+        u = self.transform.inv(safe.double()).float()
+        log_p = self._log_likelihood(u) + self.prior.log_prob(safe)
+        return torch.where(inside, log_p, -math.inf).reshape(theta.shape[:-1])
+
+    def to_arviz(self, num_samples: int | None = None):
+        r"""Returns the chains of the last ``sample`` call as an arviz InferenceData.
+
+        The ``posterior`` group holds the :math:`C` chains of :math:`S` draws as they
+        ran, ``sample_stats`` each draw's ``lp`` (the log-density in unconstrained
+        space), ``acceptance_rate`` and ``diverging``, and ``observed_data`` the trials.
+        With ``num_samples``, or before any ``sample``, it first draws ``num_samples``
+        (1,000 by default).
+        """
+
+        from . import _arviz
+
+        if num_samples is not None or self._chains is None:
+            self.sample(1000 if num_samples is None else num_samples)
+        theta, chains = self._chains
+        stats = {"lp": chains.log_density.numpy(), "acceptance_rate": chains.accept.numpy(),
+                 "diverging": chains.divergent.numpy()}
+        attrs = {"inference": f"{self.likelihood.kind} + MCMC", "sampler": self.history["sampler"], "draws": "mcmc",
+                 "step_size": self.history["step_size"], "warmup": self.mcmc.warmup}
+        return _arviz.posterior_to_inference_data(theta.numpy(), self.parameter_names, self.x_obs.numpy(),
+                                                  attrs=attrs, sample_stats=stats)
+
+    def config(self) -> dict:
+        return {"likelihood": {"kind": self.likelihood.kind, **self.likelihood.config()},
+                "x_obs": self.x_obs.tolist(), "mcmc": self.mcmc.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict, **components) -> "MCMCPosterior":
+        from .io import check_components
+
+        spec = config["likelihood"]
+        likelihood_class = Saveable.kinds[spec["kind"]]
+        check_components(likelihood_class, spec["kind"], components)
+        likelihood = likelihood_class.from_config(spec, **components)
+        return cls(likelihood, torch.tensor(config["x_obs"]), MCMCConfig(**config["mcmc"]))

@@ -1,18 +1,60 @@
-r"""What every estimator does before training: check the data, standardize."""
+r"""What every estimator does before training: check the options and the data, standardize."""
 
-__all__ = ["linear_adjustment", "standardize", "training_data"]
+__all__ = ["check_estimator_options", "linear_adjustment", "network_features", "standardize", "training_data"]
 
 import math
 import torch
+import torch.nn as nn
 import warnings
 
-from torch import Tensor
+from collections.abc import Callable, Sequence
+from torch import Size, Tensor
 from torch.distributions import Distribution
 
 from ..data import Simulations
-from ..priors import in_support
+from ..priors import check_prior, in_support
+from ..train import TrainConfig
 
 _MIN_SCALE = 1e-8
+
+
+def check_estimator_options(
+    prior: object, flow: object, training: object, parameter_names: Sequence[str] | None
+) -> tuple[Distribution, list[str]]:
+    r"""Checks the options every estimator takes; returns the prior and a name per parameter
+    (``theta_0``, ... when ``parameter_names`` is None).
+
+    Raises:
+        TypeError: If ``flow`` is not callable or ``training`` is not a :class:`TrainConfig`.
+        ValueError: If the names are not :math:`D` distinct strings.
+    """
+
+    prior = check_prior(prior)
+    dim = prior.event_shape[0]
+    if flow is not None and not callable(flow):
+        raise TypeError(f"flow must be a builder flow(features, context), got {type(flow).__name__}.")
+    if training is not None and not isinstance(training, TrainConfig):
+        raise TypeError(f"training must be a sbikit.TrainConfig, got {type(training).__name__}.")
+    names = list(parameter_names) if parameter_names is not None else [f"theta_{i}" for i in range(dim)]
+    if len(names) != dim or len(set(names)) != dim or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"parameter_names must be {dim} distinct strings, got {names!r}.")
+    return prior, names
+
+
+def network_features(network: nn.Module, input_shape: Size, name: str, inputs: str = "inputs") -> int:
+    r"""Returns the width :math:`F` of a network that maps :math:`(B, *input\_shape)` to
+    :math:`(B, F)`, found by a probe; raises a ValueError naming ``name`` and what its
+    ``inputs`` are otherwise."""
+
+    with torch.no_grad():
+        out = network(torch.zeros(2, *input_shape))
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name} must map {inputs} (B, {', '.join(map(str, input_shape))}) to features (B, F); "
+            f"for B = 2 it returned {shape}."
+        )
+    return out.shape[1]
 
 
 def training_data(prior: Distribution, data: object) -> Simulations:

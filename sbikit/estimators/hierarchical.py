@@ -30,7 +30,7 @@ from .. import _arviz
 from .._checks import check_count
 from ..data import Simulations
 from ..models import MixedEffects
-from ..posterior import Posterior
+from ..posterior import AmortizedPosterior
 from ..priors import SupportOnly
 from ..train import TrainConfig
 from .base import training_data
@@ -103,7 +103,7 @@ def _unbatched(constraint, dim: int):
     return constraints.independent(rebuilt, 1)
 
 
-class HierarchicalPosterior(Posterior):
+class HierarchicalPosterior(AmortizedPosterior):
     r"""The joint posterior of global and local parameters, trained by :class:`HierarchicalNPE`.
 
     ``sample`` and ``log_prob`` concern the global parameters, as for

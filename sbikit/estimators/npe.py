@@ -39,10 +39,10 @@ from ..data import Simulations
 from ..errors import FormatError
 from ..flows import coupling_flow
 from ..nn import MLP, DeepSet, GRUSummary
-from ..posterior import Posterior, SupportMappedDistribution
+from ..posterior import AmortizedPosterior, SupportMappedDistribution
 from ..priors import check_prior, check_same_prior, from_unconstrained, prior_fingerprint
 from ..train import TrainConfig, Training
-from .base import linear_adjustment, standardize, training_data
+from .base import check_estimator_options, linear_adjustment, network_features, standardize, training_data
 
 
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
@@ -94,16 +94,7 @@ def _default_summary(x_shape: Size, structure: str | None = None) -> nn.Module:
 
 
 def _summary_features(summary: nn.Module, x_shape: Size) -> int:
-    probe = torch.zeros(2, *x_shape)
-    with torch.no_grad():
-        out = summary(probe)
-    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != 2:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"summary must map observations (B, {', '.join(map(str, x_shape))}) to summaries (B, F); "
-            f"for B = 2 it returned {shape}."
-        )
-    return out.shape[1]
+    return network_features(summary, x_shape, "summary", "observations")
 
 
 class NPENetwork(nn.Module):
@@ -180,7 +171,7 @@ class NPENetwork(nn.Module):
         return -self(x, mask).log_prob(u)
 
 
-class NPEPosterior(Posterior):
+class NPEPosterior(AmortizedPosterior):
     r"""A posterior trained by :class:`NPE`.
 
     ``distribution(x)`` is the flow's :math:`q(u | x)` mapped into the prior's
@@ -301,17 +292,9 @@ class NPE:
         parameter_names: Sequence[str] | None = None,
         adjust: bool | str = "auto",
     ) -> None:
-        self.prior = check_prior(prior)
-        dim = self.prior.event_shape[0]
+        self.prior, names = check_estimator_options(prior, flow, training, parameter_names)
         if summary is not None and not isinstance(summary, nn.Module):
             raise TypeError(f"summary must be a torch.nn.Module, got {type(summary).__name__}.")
-        if flow is not None and not callable(flow):
-            raise TypeError(f"flow must be a builder flow(features, context), got {type(flow).__name__}.")
-        if training is not None and not isinstance(training, TrainConfig):
-            raise TypeError(f"training must be a sbikit.TrainConfig, got {type(training).__name__}.")
-        names = list(parameter_names) if parameter_names is not None else [f"theta_{i}" for i in range(dim)]
-        if len(names) != dim or len(set(names)) != dim or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"parameter_names must be {dim} distinct strings, got {names!r}.")
         self.summary = summary
         self.flow = flow if flow is not None else coupling_flow
         self.training = training if training is not None else TrainConfig()

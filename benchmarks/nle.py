@@ -1,0 +1,238 @@
+r"""Benchmark of sbikit's NLE: the emulator, the MCMC posterior over i.i.d. trials, and its speed.
+
+1. **Emulator.** On ``gaussian_linear`` and ``two_moons``, NLE trains on :math:`N`
+   simulations (10,000 by default); for 5 fixed parameters :math:`\theta_k` (prior
+   draws, seeded), the C2ST between 10,000 draws of ``likelihood.sample`` and 10,000
+   simulator draws at :math:`\theta_k` (0.5 is perfect).
+2. **Posterior.** On ``gaussian_linear``, with 1, 10 and 100 i.i.d. trials of one
+   parameter, the C2ST between 10,000 MCMC draws and the analytic posterior
+   :math:`\mathcal{N}(\sum_i x_i / (n + 1), 0.1 / (n + 1) I)`, and the posterior sd
+   (the mean over dimensions) against that theory.
+3. **Speed.** The time for 1,000 posterior draws (from the observation to the draws:
+   initialization, warm-up and sampling) on ``two_moons`` (one observation) and on
+   ``gaussian_linear`` (10 trials), for sbikit and, with the ``bench`` extra, sbi's NLE
+   (its default density estimator and training) with its default MCMC (vectorized slice
+   sampling, 20 chains, 200 warm-up steps), trained on the same data in the same run;
+   with the ratio and both C2STs against the reference posterior.
+
+Run it from the repository root::
+
+    python benchmarks/nle.py                 # the full tables
+    python benchmarks/nle.py --quick         # smoke test: N = 1,000, 1 parameter, 2,000 draws
+    python benchmarks/nle.py --markdown
+
+Timings depend on the machine; torch's default number of threads is used.
+"""
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import platform
+import sys
+import time
+import torch
+import warnings
+
+from pathlib import Path
+
+import sbikit
+
+from sbikit.diagnostics import c2st
+from sbikit.simulators import gaussian_linear, two_moons
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from npe import NullTracker, format_lines, quiet_nflows  # noqa: E402 - the shared table and sbi helpers
+
+try:
+    import sbi
+    from sbi.inference import NLE as SbiNLE
+except ImportError:  # the optional `bench` extra is not installed
+    sbi = None
+
+SIMULATORS = {"gaussian_linear": gaussian_linear, "two_moons": two_moons}
+TRIALS = (1, 10, 100)
+TIMED_DRAWS = 1_000
+THETA_SEED_OFFSET = 1_000_000
+
+
+def train(module, num_simulations: int, seed: int) -> tuple[object, sbikit.Simulations, float]:
+    prior = module.prior()
+    data = sbikit.simulate(module.simulator, prior, num_simulations=num_simulations, seed=seed, show_progress=False)
+    start = time.perf_counter()
+    likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+    return likelihood, data, time.perf_counter() - start
+
+
+def fixed_parameters(prior, count: int, seed: int) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + THETA_SEED_OFFSET)
+        return prior.sample((count,))
+
+
+def emulator_rows(likelihoods: dict, num_parameters: int, num_draws: int, seed: int) -> list[list[str]]:
+    rows = []
+    for name, (likelihood, _, seconds) in likelihoods.items():
+        module = SIMULATORS[name]
+        for k, theta in enumerate(fixed_parameters(module.prior(), num_parameters, seed)):
+            torch.manual_seed(seed + k)
+            true = module.simulator(theta.expand(num_draws, -1))
+            fake = likelihood.sample(num_draws, theta=theta)
+            score = c2st(true, fake, seed=seed)
+            rows.append([name, str(k), ", ".join(f"{v:+.2f}" for v in theta.tolist()), f"{score:.3f}",
+                         f"{seconds:.0f}"])
+            print(f"emulator {name} theta_{k}: C2ST {score:.3f}", flush=True)
+    return rows
+
+
+def analytic(trials: torch.Tensor) -> torch.distributions.Distribution:
+    n = len(trials)
+    variance = gaussian_linear.PRIOR_VARIANCE * gaussian_linear.NOISE_VARIANCE / (
+        gaussian_linear.NOISE_VARIANCE + n * gaussian_linear.PRIOR_VARIANCE
+    )
+    mean = variance * trials.sum(0) / gaussian_linear.NOISE_VARIANCE
+    return torch.distributions.Independent(torch.distributions.Normal(mean, math.sqrt(variance)), 1)
+
+
+def gaussian_trials(count: int, seed: int) -> torch.Tensor:
+    theta = fixed_parameters(gaussian_linear.prior(), 1, seed + 7)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + count)
+        return gaussian_linear.simulator(theta.expand(count, -1))
+
+
+def quietly(function, *args):
+    r"""Runs ``function``, counting the RuntimeWarnings (R-hat, ESS) instead of printing them."""
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = function(*args)
+    return result, sum(issubclass(w.category, RuntimeWarning) for w in caught)
+
+
+def posterior_rows(likelihood, num_draws: int, seed: int) -> list[list[str]]:
+    rows = []
+    for count in TRIALS:
+        trials = gaussian_trials(count, seed)
+        exact = analytic(trials)
+        torch.manual_seed(seed)
+        posterior = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False))
+        start = time.perf_counter()
+        samples, warned = quietly(posterior.sample, num_draws)
+        seconds = time.perf_counter() - start
+        score = c2st(exact.sample((num_draws,)), samples, seed=seed)
+        theory = float(exact.stddev.mean())
+        history = posterior.history
+        rows.append([str(count), f"{score:.3f}", f"{float(samples.std(0).mean()):.4f}", f"{theory:.4f}",
+                     f"{float(samples.std(0).mean()) / theory:.3f}", history["sampler"],
+                     f"{max(history['r_hat']):.3f}", f"{min(history['ess_bulk']):.0f}", f"{seconds:.2f}",
+                     "yes" if warned else "no"])
+        print(f"posterior, {count} trial(s): C2ST {score:.3f}, sd {rows[-1][2]} (theory {theory:.4f})", flush=True)
+    return rows
+
+
+def speed_cases(likelihoods: dict, seed: int) -> list[tuple[str, object, torch.Tensor, torch.Tensor]]:
+    r"""(label, simulator name, observation, reference draws) for the timing."""
+
+    cases = []
+    if "two_moons" in likelihoods:
+        x_o = two_moons.simulator(fixed_parameters(two_moons.prior(), 1, seed + 3))[0]
+        cases.append(("two_moons, 1 observation", "two_moons", x_o,
+                      two_moons.reference_posterior(x_o, 10_000, seed=seed)))
+    if "gaussian_linear" in likelihoods:
+        trials = gaussian_trials(10, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reference = analytic(trials).sample((10_000,))
+        cases.append(("gaussian_linear, 10 trials", "gaussian_linear", trials, reference))
+    return cases
+
+
+def train_sbi(module, data: sbikit.Simulations):
+    inference = SbiNLE(prior=module.prior(), show_progress_bars=False, tracker=NullTracker())
+    with contextlib.redirect_stdout(io.StringIO()), quiet_nflows():
+        inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
+    return inference
+
+
+def speed_rows(likelihoods: dict, methods: list[str], seed: int) -> list[list[str]]:
+    rows = []
+    sbi_models = {}
+    for label, name, x_o, reference in speed_cases(likelihoods, seed):
+        likelihood, data, _ = likelihoods[name]
+        timings = {}
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        posterior = likelihood.posterior(x_o, sbikit.MCMCConfig(show_progress=False))
+        samples, warned = quietly(posterior.sample, TIMED_DRAWS)
+        timings["sbikit"] = (time.perf_counter() - start, c2st(reference[:TIMED_DRAWS], samples, seed=seed),
+                             "yes" if warned else "no")
+        if "sbi" in methods:
+            if name not in sbi_models:
+                sbi_models[name] = train_sbi(SIMULATORS[name], data)
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            with quiet_nflows(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sbi_posterior = sbi_models[name].build_posterior()
+                sbi_samples = sbi_posterior.sample((TIMED_DRAWS,), x=x_o, show_progress_bars=False)
+            timings["sbi"] = (time.perf_counter() - start, c2st(reference[:TIMED_DRAWS], sbi_samples, seed=seed), "-")
+        base = timings.get("sbi")
+        for method, (seconds, score, warned) in timings.items():
+            ratio = f"{base[0] / seconds:.1f}x" if base is not None and method == "sbikit" else "-"
+            rows.append([label, method, f"{seconds:.2f}", ratio, f"{score:.3f}", warned])
+            print(f"speed {label} {method}: {seconds:.2f} s, C2ST {score:.3f}", flush=True)
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), default=list(SIMULATORS))
+    parser.add_argument("--num-simulations", type=int, default=10_000, metavar="N")
+    parser.add_argument("--parameters", type=int, default=5, help="fixed parameters for the emulator (default 5)")
+    parser.add_argument("--draws", type=int, default=10_000, help="draws per C2ST (default 10,000)")
+    parser.add_argument("--methods", nargs="+", choices=("sbikit", "sbi"), default=["sbikit", "sbi"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser.add_argument("--quick", action="store_true", help="smoke test: N = 1,000, 1 parameter, 2,000 draws")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_simulations, args.parameters, args.draws = 1_000, 1, 2_000
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    methods = list(args.methods)
+    if sbi is None and "sbi" in methods:
+        print("sbi is not installed (pip install sbikit[bench]); timing sbikit only.", flush=True)
+        methods.remove("sbi")
+    versions = f"sbikit {sbikit.__version__}, torch {torch.__version__}"
+    versions += f", sbi {sbi.__version__}" if sbi is not None else ""
+    load = ", load average {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs{load}; N = {args.num_simulations:,}, seed {args.seed}", flush=True)
+    started = time.perf_counter()
+    likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed) for name in args.simulators}
+
+    emulator = emulator_rows(likelihoods, args.parameters, args.draws, args.seed)
+    tables = [("emulator: C2ST of likelihood.sample against the simulator at fixed parameters",
+               ["simulator", "k", "theta_k", "C2ST", "train s"], emulator, {0, 2})]
+    if "gaussian_linear" in likelihoods:
+        posterior = posterior_rows(likelihoods["gaussian_linear"][0], args.draws, args.seed)
+        tables.append(("posterior on gaussian_linear: MCMC draws against the analytic posterior",
+                       ["trials", "C2ST", "sd", "sd theory", "sd / theory", "sampler", "R-hat max", "ESS min",
+                        "seconds", "warned"], posterior, {5, 9}))
+    speed = speed_rows(likelihoods, methods, args.seed)
+    tables.append((f"speed: {TIMED_DRAWS:,} posterior draws, from the observation (sbi: its default MCMC)",
+                   ["case", "method", "seconds", "sbi / sbikit", "C2ST", "warned"], speed, {0, 1, 5}))
+    for title, header, rows, left in tables:
+        print(f"\n{title}\n")
+        print(format_lines([header] + rows, left=left, markdown=args.markdown))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

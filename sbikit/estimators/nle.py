@@ -1,0 +1,377 @@
+r"""Neural likelihood estimation (NLE): a surrogate of the simulator with a density.
+
+NLE fits a conditional flow :math:`q_\phi(x | \theta)` to pairs
+:math:`(\theta_i, x_i) \sim p(\theta) p(x | \theta)` by minimizing
+
+.. math:: \mathcal{L}(\phi) = -\mathbb{E}_{p(\theta, x)} \log q_\phi(x | \theta),
+
+which equals :math:`\mathbb{E}_{p(\theta)} \mathrm{KL}(p(x | \theta) \| q_\phi(x | \theta))`
+up to a constant, so the minimizer is the simulator's likelihood for every
+:math:`\theta` in the prior's support. The trained :class:`Likelihood` emulates the
+simulator (one pass of the flow per batch of draws) and evaluates its density, so
+independent observations combine by multiplying likelihoods:
+
+.. math:: p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_{i=1}^N q_\phi(x_i | \theta),
+
+which :meth:`Likelihood.posterior` samples by MCMC (:class:`sbikit.MCMCPosterior`).
+
+The flow sees :math:`u = (T^{-1}(\theta) - \mu_\theta) / \sigma_\theta`, the
+standardized unconstrained parameters (through an optional embedding network), and
+models the z-scored, flattened observation :math:`z = (x - \mu_x) / \sigma_x`. As in
+NPE, a ridge regression :math:`z \approx B u` and the Cholesky factor :math:`L` of its
+residual covariance are computed before training, and the flow models
+:math:`L^{-1}(z - B u)` (``adjust=True``, the default): an exact map with a constant
+Jacobian, which leaves the flow only the non-linear part of the simulator.
+"""
+
+__all__ = ["NLE", "NLENetwork", "Likelihood"]
+
+import copy
+import functools
+import math
+import torch
+import torch.nn as nn
+
+from collections.abc import Callable, Sequence
+from torch import Size, Tensor
+from torch.distributions import Distribution, TransformedDistribution
+
+from .. import io
+from .._checks import check_count, check_theta, check_x
+from ..data import Simulations
+from ..flows import coupling_flow
+from ..mcmc import MCMCConfig
+from ..posterior import MCMCPosterior
+from ..priors import from_unconstrained, in_support, prior_fingerprint
+from ..train import TrainConfig, fit
+from .base import check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from .npe import LowerAffineTransform
+
+MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
+MAX_ADJUSTED = 2048  # wider observations get no regression adjustment (its L is (X, X))
+_CHUNK = 2**16  # (parameter, observation) pairs per network call in log_prob
+
+
+class NLENetwork(nn.Module):
+    r"""The trained part of NLE: standardization, an optional embedding and a conditional flow.
+
+    ``forward(u)`` returns :math:`q(z | u)` over z-scored, flattened observations
+    :math:`z` :math:`(*, X)`, with batch shape :math:`(*)` for standardized unconstrained
+    parameters :math:`u` :math:`(*, D)`.
+
+    Arguments:
+        features: The number of parameters :math:`D`.
+        x_shape: The shape of one observation; the flow models its :math:`X` elements.
+        embedding: A network :math:`(B, D) \to (B, F)` for the parameters, or None.
+        flow: The flow builder ``flow(features, context)``.
+    """
+
+    def __init__(self, features: int, x_shape: Sequence[int], embedding: nn.Module | None, flow: Callable) -> None:
+        super().__init__()
+        self.x_shape = Size(x_shape)
+        size = self.x_shape.numel()
+        self.embedding = embedding
+        context = features if embedding is None else network_features(embedding, Size([features]), "embedding")
+        self.flow = flow(size, context)
+        self.register_buffer("theta_loc", torch.zeros(features))
+        self.register_buffer("theta_scale", torch.ones(features))
+        self.register_buffer("x_loc", torch.zeros(size))
+        self.register_buffer("x_scale", torch.ones(size))
+        # z = B u + L z': the regression adjustment
+        self.register_buffer("x_coef", torch.zeros(size, features))
+        self.register_buffer("x_tril", torch.eye(size))
+
+    def forward(self, u: Tensor) -> Distribution:
+        context = u if self.embedding is None else self.embedding(u.reshape(-1, u.shape[-1])).reshape(*u.shape[:-1], -1)
+        shift = LowerAffineTransform(u @ self.x_coef.T, self.x_tril)
+        return TransformedDistribution(self.flow(context), [shift], validate_args=False)
+
+    def loss(self, u: Tensor, x: Tensor) -> Tensor:
+        r"""Returns :math:`-\log q(z | u)`, :math:`(B,)`, for flattened observations :math:`(B, X)`."""
+
+        return -self(u).log_prob((x - self.x_loc) / self.x_scale)
+
+
+class Likelihood(io.Saveable):
+    r"""A surrogate likelihood :math:`q(x | \theta)` trained by :class:`NLE`: an emulator
+    (``sample``), a density (``log_prob``) and posteriors of i.i.d. trials (``posterior``).
+
+    It is built as :class:`sbikit.NPEPosterior` is, from the prior, the trained
+    :class:`NLENetwork`, the parameter names and the specs that rebuild it by name.
+    """
+
+    kind = "NLE"
+
+    def __init__(self, prior: Distribution, network: NLENetwork, parameter_names: Sequence[str], specs: dict) -> None:
+        self.prior = prior
+        self.network = network
+        self.x_shape = network.x_shape
+        self.transform = from_unconstrained(prior, specs["intervals"])
+        self.parameter_names = list(parameter_names)
+        self.specs = specs
+        self.history: dict = {}
+
+    @property
+    def theta_dim(self) -> int:
+        return self.prior.event_shape[0]
+
+    def _theta(self, theta: object) -> Tensor:
+        r"""Checks parameters :math:`(*, D)` and returns them standardized in unconstrained space."""
+
+        theta = check_theta(theta, self.theta_dim)
+        outside = ~in_support(self.prior, theta)
+        if bool(outside.any()):
+            row = tuple(outside.nonzero()[0].tolist())
+            raise ValueError(
+                f"theta{list(row)} = {theta[row].tolist()} lies outside the prior's support, where the "
+                "surrogate was never trained; pass parameters inside the prior's support."
+            )
+        return self.standardize(self.transform.inv(theta.double()).float())
+
+    def standardize(self, u: Tensor) -> Tensor:
+        r"""Maps unconstrained parameters :math:`(*, D)` to the network's standardized space."""
+
+        net = self.network
+        return (u.to(net.theta_loc) - net.theta_loc) / net.theta_scale
+
+    def sample(self, num_samples: int, theta: object) -> Tensor:
+        r"""Emulates the simulator: draws :math:`x \sim q(x | \theta)` in one pass of the flow.
+
+        Arguments:
+            num_samples: The number of draws :math:`n` per parameter.
+            theta: One parameter :math:`(D,)` or a batch :math:`(m, D)` (any batch shape
+                :math:`(*, D)`), inside the prior's support.
+
+        Returns:
+            The draws, :math:`(n, *x\_shape)` for one parameter, :math:`(n, m, *x\_shape)`
+            for a batch, on the CPU.
+        """
+
+        num_samples = check_count(num_samples, "num_samples")
+        u = self._theta(theta)
+        net = self.network
+        with torch.no_grad():
+            z = net(u).sample((num_samples,))
+            x = net.x_loc + net.x_scale * z
+        return x.reshape(*x.shape[:-1], *self.x_shape).cpu()
+
+    def log_prob(self, x: object, theta: object) -> Tensor:
+        r"""Evaluates the surrogate log-likelihood :math:`\log q(x | \theta)`, normalized over :math:`x`.
+
+        Arguments:
+            x: Observations :math:`(*, *x\_shape)`.
+            theta: Parameters :math:`(*, D)` inside the prior's support; the batch shapes
+                of ``x`` and ``theta`` broadcast, as in :meth:`sbikit.Posterior.log_prob`:
+                one observation against many parameters, many observations against one
+                parameter, or :math:`(n, m)` pairs.
+
+        Returns:
+            The log-densities, with the broadcast batch shape, on the CPU.
+        """
+
+        x, batch = check_x(x, self.x_shape)
+        u = self._theta(theta)
+        try:
+            shape = torch.broadcast_shapes(u.shape[:-1], batch)
+        except RuntimeError:
+            raise ValueError(
+                f"x has batch shape {tuple(batch)} and theta has batch shape {tuple(u.shape[:-1])}, which do "
+                "not broadcast; pass theta (n, m, D) for m observations (m, *x_shape)."
+            ) from None
+        u = u.expand(*shape, u.shape[-1]).reshape(-1, u.shape[-1])
+        x = x.reshape(*batch, -1).expand(*shape, self.x_shape.numel()).reshape(len(u), -1)
+        with torch.no_grad():
+            parts = [self._log_q(a, b) for a, b in zip(u.split(_CHUNK), x.split(_CHUNK))]
+        return torch.cat(parts).reshape(shape).cpu()
+
+    def _log_q(self, u: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\log q(x | u)` for standardized parameters and flattened observations with
+        broadcastable batch shapes, in the units of :math:`x`."""
+
+        net = self.network
+        x = x.to(net.x_loc)
+        return net(u).log_prob((x - net.x_loc) / net.x_scale) - net.x_scale.log().sum()
+
+    def trial_log_likelihood(self, u: Tensor, trials: Tensor) -> Tensor:
+        r"""The log-likelihood of each trial at each parameter, differentiable in ``u``.
+
+        This is the contract :class:`sbikit.MCMCPosterior` samples with.
+
+        Arguments:
+            u: Unconstrained parameters :math:`(C, D)` (before standardization), on the CPU.
+            trials: Checked observations :math:`(N, *x\_shape)`.
+
+        Returns:
+            :math:`\log q(x_i | T(u_c))`, :math:`(C, N)`, on the CPU.
+        """
+
+        c, n = len(u), len(trials)
+        v = self.standardize(u).unsqueeze(-2).expand(c, n, u.shape[-1])
+        x = trials.reshape(1, n, -1).expand(c, n, self.x_shape.numel())
+        return self._log_q(v, x).cpu()
+
+    def posterior(self, x_obs: object, mcmc: MCMCConfig | None = None) -> MCMCPosterior:
+        r"""The posterior :math:`p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_i q(x_i | \theta)`,
+        sampled by vectorized HMC.
+
+        Arguments:
+            x_obs: One observation :math:`(*x\_shape)` or :math:`N` independent trials
+                :math:`(N, *x\_shape)` of the same parameters (for mixed-effects data, the
+                :math:`N` members of one group, :math:`(N, L)`).
+            mcmc: The sampler's settings; :class:`sbikit.MCMCConfig()` by default.
+
+        Returns:
+            An :class:`sbikit.MCMCPosterior`; its chains run when it is first sampled.
+        """
+
+        return MCMCPosterior(self, x_obs, mcmc)
+
+    def config(self) -> dict:
+        return {"x_shape": list(self.x_shape), "parameter_names": self.parameter_names, **self.specs,
+                "history": self.history}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict,
+        prior: Distribution | None = None,
+        embedding: nn.Module | None = None,
+        flow: Callable | None = None,
+    ) -> "Likelihood":
+        names = ("prior", "prior_check", "has_embedding", "embedding", "flow", "training", "intervals")
+        specs = {k: config[k] for k in names}
+        prior = io.rebuild_prior(prior, specs)
+        if specs["has_embedding"]:
+            embedding = io.rebuild("embedding", embedding, specs["embedding"])
+        elif embedding is not None:
+            raise ValueError("this likelihood was trained without an embedding network; load it without one.")
+        builder = flow if flow is not None else functools.partial(io.rebuild, "flow", None, specs["flow"])
+        features = from_unconstrained(prior, specs["intervals"]).inverse_shape(prior.event_shape)[-1]
+        likelihood = cls(prior, NLENetwork(features, config["x_shape"], embedding, builder),
+                         config["parameter_names"], specs)
+        likelihood.history = config.get("history", {})
+        return likelihood
+
+    def __repr__(self) -> str:
+        return (
+            f"Likelihood(prior={self.prior!r}, x_shape={tuple(self.x_shape)}, "
+            f"parameter_names={self.parameter_names})"
+        )
+
+
+def _member_rows(data: Simulations, limit: int, seed: int) -> Simulations:
+    r"""The members of sets as i.i.d. trials: one row (the group's parameters, one member)
+    per present member, at most ``limit`` of them, drawn at random beyond it."""
+
+    rows = data.mask.nonzero()
+    if len(rows) > limit:
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit]]
+    group, member = rows[:, 0], rows[:, 1]
+    return Simulations(theta=data.theta[group], x=data.x[group, member])
+
+
+class NLE:
+    r"""Neural likelihood estimation: learns a surrogate :math:`q(x | \theta)` of the simulator.
+
+    Arguments:
+        prior: The prior, a distribution over :math:`(D,)` with a support; the
+            surrogate is trained on, and valid for, parameters in its support.
+        embedding: An optional network :math:`(B, D) \to (B, F)` through which the
+            (standardized, unconstrained) parameters reach the flow, trained jointly.
+        flow: A flow builder ``flow(features, context)`` for the observations.
+            Defaults to :func:`sbikit.flows.coupling_flow` (spline coupling).
+        training: The training settings. Defaults to :class:`TrainConfig()`.
+        parameter_names: A name per parameter, for ``to_arviz`` and plots.
+        adjust: Whether the flow models the residual of a linear regression of the
+            observations on the parameters (see the module's description).
+        max_member_rows: For mixed-effects data, the most member rows trained on.
+
+    Observations of any fixed shape are flattened for the flow. For sets of members
+    (``sbikit.simulate(MixedEffects(...))``), each member is a trial: the surrogate
+    learns one member's likelihood given the global parameters, and a group of
+    :math:`M` members is :math:`M` i.i.d. trials in :meth:`Likelihood.posterior`.
+
+    Example:
+        >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+        >>> data = sbikit.simulate(lambda t: t + 0.1 * torch.randn_like(t), prior, 200, seed=0)
+        >>> likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(max_epochs=2)).fit(data)
+        >>> likelihood.sample(5, theta=torch.zeros(3, 2)).shape
+        torch.Size([5, 3, 2])
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        *,
+        embedding: nn.Module | None = None,
+        flow: Callable | None = None,
+        training: TrainConfig | None = None,
+        parameter_names: Sequence[str] | None = None,
+        adjust: bool = True,
+        max_member_rows: int = MAX_MEMBER_ROWS,
+    ) -> None:
+        self.prior, self.parameter_names = check_estimator_options(prior, flow, training, parameter_names)
+        if embedding is not None and not isinstance(embedding, nn.Module):
+            raise TypeError(f"embedding must be a torch.nn.Module, got {type(embedding).__name__}.")
+        if not isinstance(adjust, bool):
+            raise TypeError(f"adjust must be True or False, got {adjust!r}.")
+        self.embedding = embedding
+        self.flow = flow if flow is not None else coupling_flow
+        self.training = training if training is not None else TrainConfig()
+        self.adjust = adjust
+        self.max_member_rows = check_count(max_member_rows, "max_member_rows")
+
+    def fit(self, data: Simulations) -> Likelihood:
+        r"""Trains the surrogate on ``data``; rows with non-finite values are excluded."""
+
+        data = training_data(self.prior, data)
+        if data.structure == "series":
+            raise TypeError(
+                "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
+                "for time series use sbikit.NPE."
+            )
+        members = data.structure == "set"
+        if members:
+            data = _member_rows(data, self.max_member_rows, self.training.seed)
+        likelihood, tensors = self._build(data)
+        likelihood.history = fit(likelihood.network, tensors, self.training, "training")
+        likelihood.history["adjusted"] = self.adjust and tensors[1].shape[1] <= MAX_ADJUSTED
+        likelihood.history["members_as_trials"] = members
+        return likelihood
+
+    def _build(self, data: Simulations) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
+        r"""Builds an untrained likelihood for ``data``, with its standardization and adjustment,
+        and the training tensors."""
+
+        config = self.training
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            embedding = copy.deepcopy(self.embedding)
+            intervals = "linear"
+            features = from_unconstrained(self.prior, intervals).inverse_shape(self.prior.event_shape)[-1]
+            network = NLENetwork(features, data.x_shape, embedding, self.flow)
+            specs = {
+                "prior": io.prior_spec(self.prior),
+                "prior_check": prior_fingerprint(self.prior),
+                "has_embedding": embedding is not None,
+                "embedding": None if embedding is None else io.module_spec(embedding),
+                "flow": io.builder_spec(self.flow),
+                "training": config.to_dict(),
+                "intervals": intervals,
+            }
+            likelihood = Likelihood(self.prior, network, self.parameter_names, specs)
+            u = likelihood.transform.inv(data.theta.double())
+            if not bool(torch.isfinite(u).all()):
+                raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
+            x = data.x.reshape(len(data), -1)
+            for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
+                                         ((network.x_loc, network.x_scale), x)):
+                mean, std = standardize(values)
+                loc.copy_(mean)
+                scale.copy_(std)
+            u = likelihood.standardize(u.float())
+            if self.adjust and x.shape[1] <= MAX_ADJUSTED:
+                coef, tril = linear_adjustment((x - network.x_loc) / network.x_scale, u)
+                network.x_coef.copy_(coef)
+                network.x_tril.copy_(tril)
+        return likelihood, (u, x)

@@ -1,0 +1,156 @@
+import math
+import pytest
+import torch
+import torch.nn as nn
+
+from scipy import stats
+from torch.distributions import Independent, Normal
+
+import sbikit
+
+from sbikit.mcmc import HMC, MCMCConfig, importance_fit
+from sbikit.priors import from_unconstrained
+
+
+def correlated_gaussian():
+    mean = torch.tensor([1.0, -2.0, 0.5])
+    cov = torch.tensor([[1.0, 0.8, 0.0], [0.8, 1.0, -0.2], [0.0, -0.2, 0.25]])
+    return mean, cov, torch.distributions.MultivariateNormal(mean, cov)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_hmc_recovers_a_correlated_gaussian(approximate):
+    torch.manual_seed(0)
+    mean, cov, target = correlated_gaussian()
+    config = MCMCConfig(num_chains=32, warmup=100, show_progress=False)
+    approximation = None
+    init = 3 * torch.randn(32, 3)
+    if approximate:  # the importance fit from wide draws, as MCMCPosterior does
+        z = 4 * torch.randn(2000, 3)
+        log_w = target.log_prob(z) - Normal(0.0, 4.0).log_prob(z).sum(-1)
+        loc, tril, *_ = importance_fit(target.log_prob, z, log_w)
+        approximation = (loc, tril)
+    hmc = HMC(target.log_prob, init, config, approximation=approximation)
+    hmc.warmup()
+    draws = hmc.sample(200).draws.reshape(-1, 3)  # 6,400 draws
+    sd = cov.diagonal().sqrt()
+    # 6,400 nearly independent draws: the mean's error is about 0.015 sd, the covariance's about 2%
+    assert bool(((draws.mean(0) - mean).abs() < 0.08 * sd).all()), draws.mean(0)
+    assert torch.allclose(torch.cov(draws.T), cov, atol=0.06 * float(cov.diagonal().max())), torch.cov(draws.T)
+
+
+def test_importance_fit_finds_a_narrow_gaussian_from_prior_draws():
+    torch.manual_seed(0)
+    mu, sd = torch.tensor([0.3, -0.2, 0.1]), 0.02  # far narrower than the prior (sd 1)
+    target = lambda z: -0.5 * (((z - mu) / sd) ** 2).sum(-1)  # noqa: E731
+    z = torch.randn(2000, 3)
+    loc, tril, *_ = importance_fit(target, z, target(z))
+    assert bool(((loc - mu).abs() < 0.2 * sd).all())
+    # over-dispersed by design (each round adds a quarter of the previous proposal's covariance)
+    ratio = tril.diagonal() / sd
+    assert bool(((ratio > 1.0) & (ratio < 1.6)).all()), ratio
+
+
+class AnalyticLikelihood:
+    r"""A likelihood of the contract MCMCPosterior samples: x_i ~ N(theta, noise^2 I)."""
+
+    kind = "analytic"
+
+    def __init__(self, prior, noise, nan_above=None):
+        self.prior, self.noise, self.nan_above = prior, noise, nan_above
+        dim = prior.event_shape[0]
+        self.parameter_names = [f"t{i}" for i in range(dim)]
+        self.x_shape = torch.Size([dim])
+        self.network = nn.Linear(1, 1)
+        self.transform = from_unconstrained(prior)
+
+    def trial_log_likelihood(self, u, trials):
+        theta = self.transform(u)
+        lp = Normal(theta.unsqueeze(-2), self.noise).log_prob(trials).sum(-1)
+        if self.nan_above is not None:
+            lp = torch.where((theta > self.nan_above).any(-1, keepdim=True), math.nan, lp)
+        return lp
+
+
+@pytest.mark.parametrize("independence", [True, False])
+def test_bounded_prior_samples_stay_inside_and_follow_the_truncated_posterior(independence):
+    torch.manual_seed(0)
+    prior = sbikit.BoxUniform(torch.zeros(2), torch.ones(2))
+    trials = torch.tensor([[-0.05, 0.98], [0.05, 1.06], [0.0, 1.02]])  # means -0.0 and 1.02, beyond the bounds
+    config = MCMCConfig(independence=independence, show_progress=False)
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, 0.1), trials, config)
+    samples = posterior.sample(4000)
+    assert posterior.history["sampler"] == ("independence" if independence else "hmc")
+    assert samples.shape == (4000, 2)
+    assert bool(((samples > 0) & (samples < 1)).all())
+    scale = 0.1 / math.sqrt(3)
+    for k, (mean, low, high) in enumerate([(0.0, 0.0, 1.0), (1.02, 0.0, 1.0)]):
+        exact = stats.truncnorm((low - mean) / scale, (high - mean) / scale, loc=mean, scale=scale)
+        # about 2,000 effective draws: the mean's standard error is about 0.02 exact sds
+        assert abs(float(samples[:, k].mean()) - exact.mean()) < 0.1 * exact.std(), (k, samples[:, k].mean())
+        assert abs(float(samples[:, k].std()) / exact.std() - 1) < 0.1
+    assert max(posterior.history["r_hat"]) < 1.01 and min(posterior.history["ess_bulk"]) > 1000
+
+
+def test_log_prob_is_the_unnormalized_posterior_and_minus_inf_outside():
+    prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    trials = torch.tensor([[0.5, -0.5], [0.7, -0.1]])
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, 0.5), trials)
+    theta = torch.randn(6, 2)
+    expected = prior.log_prob(theta) + Normal(theta.unsqueeze(-2), 0.5).log_prob(trials).sum((-1, -2))
+    assert torch.allclose(posterior.log_prob(theta), expected, atol=1e-4)
+    assert posterior.log_prob(theta.reshape(2, 3, 2)).shape == (2, 3)
+    assert not posterior.normalized and not posterior.amortized and not posterior.independent_draws
+    box = sbikit.MCMCPosterior(AnalyticLikelihood(sbikit.BoxUniform(torch.zeros(2), torch.ones(2)), 0.5), trials)
+    assert box.log_prob(torch.tensor([[1.5, 0.5], [0.5, 0.5]]))[0] == -math.inf
+
+
+def test_rhat_warning_when_chains_sit_in_separate_modes():
+    torch.manual_seed(0)
+
+    class Folded(AnalyticLikelihood):  # x = |theta| + noise: two narrow, distant modes
+        def trial_log_likelihood(self, u, trials):
+            theta = self.transform(u).abs()
+            return Normal(theta.unsqueeze(-2), self.noise).log_prob(trials).sum(-1)
+
+    prior = Independent(Normal(torch.zeros(1), torch.ones(1)), 1)
+    config = MCMCConfig(independence=False, show_progress=False)  # HMC alone cannot cross between the modes
+    posterior = sbikit.MCMCPosterior(Folded(prior, 0.001), torch.tensor([1.5]), config)
+    with pytest.warns(RuntimeWarning, match=r"R-hat is .*\(above 1.01\)"):
+        samples = posterior.sample(1000)
+    assert max(posterior.history["r_hat"]) > 1.01
+    assert bool((samples.abs() - 1.5).abs().max() < 0.01)  # both modes are right, their shares are not checked
+
+
+def test_non_finite_density_says_where():
+    torch.manual_seed(0)
+    prior = sbikit.BoxUniform(torch.zeros(1), torch.ones(1))
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, 0.1, nan_above=0.6), torch.tensor([0.6]),
+                                     MCMCConfig(show_progress=False))
+    with pytest.raises(sbikit.SamplingError, match=r"theta = \[0\.6.*log-likelihood of trial 0 of 1 is nan"):
+        posterior.sample(100)
+
+
+def test_to_arviz_holds_the_real_chains(tmp_path):
+    torch.manual_seed(0)
+    prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, 0.5), torch.zeros(3, 2),
+                                     MCMCConfig(num_chains=8, show_progress=False))
+    samples = posterior.sample(1000)
+    idata = posterior.to_arviz()
+    chains, draws = posterior.history["num_chains"], posterior.history["draws_per_chain"]
+    assert idata.posterior.sizes["chain"] == chains and idata.posterior.sizes["draw"] == draws >= 1000 / chains
+    assert idata.attrs["draws"] == "mcmc"
+    # the draws returned are the chains' draws, iteration by iteration
+    assert torch.equal(torch.as_tensor(idata.posterior["t0"].values[:, 0]), samples[:chains, 0])
+    assert {"lp", "acceptance_rate", "diverging"} <= set(idata.sample_stats.data_vars)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="num_chains must be a positive int"):
+        MCMCConfig(num_chains=0)
+    with pytest.raises(ValueError, match="target_accept"):
+        MCMCConfig(target_accept=1.5)
+    with pytest.raises(TypeError, match="mcmc must be a sbikit.MCMCConfig"):
+        sbikit.MCMCPosterior(AnalyticLikelihood(sbikit.BoxUniform(torch.zeros(1), torch.ones(1)), 0.1),
+                             torch.zeros(1), mcmc={"num_chains": 4})

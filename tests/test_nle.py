@@ -1,0 +1,161 @@
+import math
+import pytest
+import torch
+
+from torch.distributions import Normal
+
+import sbikit
+
+from sbikit.diagnostics import c2st
+from sbikit.simulators import gaussian_linear
+
+from conftest import noisy
+
+
+@pytest.fixture(scope="module")
+def trained():
+    prior = sbikit.BoxUniform(low=-2 * torch.ones(3), high=2 * torch.ones(3))
+    data = sbikit.simulate(noisy, prior, 1000, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(max_epochs=15, show_progress=False)
+    return prior, sbikit.NLE(prior, training=config).fit(data)
+
+
+def test_emulator_shapes_and_broadcasting(trained):
+    _, likelihood = trained
+    assert likelihood.sample(7, theta=torch.zeros(3)).shape == (7, 3)
+    assert likelihood.sample(7, theta=torch.zeros(4, 3)).shape == (7, 4, 3)
+    x, theta = torch.zeros(3), torch.zeros(5, 3)
+    assert likelihood.log_prob(x, theta=theta).shape == (5,)
+    assert likelihood.log_prob(torch.zeros(5, 3), theta=torch.zeros(3)).shape == (5,)
+    assert likelihood.log_prob(torch.zeros(4, 3), theta=torch.zeros(2, 1, 3)).shape == (2, 4)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        likelihood.log_prob(torch.zeros(4, 3), theta=torch.zeros(2, 3))
+
+
+def test_emulator_matches_the_simulator(trained):
+    _, likelihood = trained
+    theta = torch.tensor([0.5, -1.0, 1.5])
+    torch.manual_seed(0)
+    x = likelihood.sample(20_000, theta=theta)
+    # the simulator: N(theta, 0.1^2 I); 1,000 simulations and 15 epochs
+    assert bool(((x.mean(0) - theta).abs() < 0.03).all()), x.mean(0)
+    assert bool(((x.std(0) / 0.1 - 1).abs() < 0.15).all()), x.std(0)
+    exact = Normal(theta, 0.1).log_prob(x[:2000]).sum(-1)
+    surrogate = likelihood.log_prob(x[:2000], theta=theta)
+    assert abs(float((surrogate - exact).mean())) < 0.2  # a KL divergence of under 0.2 nats
+
+
+def test_posterior_of_iid_trials(trained):
+    _, likelihood = trained
+    torch.manual_seed(1)
+    theta = torch.tensor([0.3, 0.0, -0.4])
+    trials = theta + 0.1 * torch.randn(10, 3)
+    posterior = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False))
+    samples = posterior.sample(2000)
+    assert samples.shape == (2000, 3)
+    # flat prior far from the edges: the posterior is N(mean of the trials, 0.1^2 / 10)
+    sd = 0.1 / math.sqrt(10)
+    assert bool(((samples.mean(0) - trials.mean(0)).abs() < 0.5 * sd).all()), samples.mean(0)
+    assert bool(((samples.std(0) / sd - 1).abs() < 0.2).all()), samples.std(0)
+    one = likelihood.posterior(trials[0], sbikit.MCMCConfig(show_progress=False))
+    assert one.trials.shape == (1, 3)
+
+
+def test_bad_input_names_the_argument(trained):
+    _, likelihood = trained
+    with pytest.raises(ValueError, match=r"x_obs has shape \(10, 4\).*\(3,\)"):
+        likelihood.posterior(torch.zeros(10, 4))
+    with pytest.raises(ValueError, match="x_obs contains NaN"):
+        likelihood.posterior(torch.tensor([0.0, math.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"x_obs has shape \(2, 5, 3\); pass one observation"):
+        likelihood.posterior(torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="outside the prior's support"):
+        likelihood.sample(3, theta=torch.tensor([0.0, 2.5, 0.0]))
+    with pytest.raises(ValueError, match="outside the prior's support"):
+        likelihood.log_prob(torch.zeros(3), theta=torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"theta has shape \(2,\) but the prior has 3"):
+        likelihood.sample(3, theta=torch.zeros(2))
+    with pytest.raises(TypeError, match="num_samples must be a positive int"):
+        likelihood.sample(2.5, theta=torch.zeros(3))
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Module"):
+        sbikit.NLE(sbikit.BoxUniform(torch.zeros(1), torch.ones(1)), embedding="mlp")
+
+
+def test_save_and_load(trained, tmp_path):
+    prior, likelihood = trained
+    likelihood.save(tmp_path / "likelihood.sbk")
+    loaded = sbikit.load(tmp_path / "likelihood.sbk")
+    assert isinstance(loaded, sbikit.Likelihood) and loaded.history == likelihood.history
+    x, theta = torch.randn(6, 3), torch.zeros(6, 3)
+    assert torch.equal(loaded.log_prob(x, theta=theta), likelihood.log_prob(x, theta=theta))
+    posterior = likelihood.posterior(torch.zeros(4, 3))
+    posterior.save(tmp_path / "posterior.sbk")
+    again = sbikit.load(tmp_path / "posterior.sbk", prior=prior)
+    assert isinstance(again, sbikit.MCMCPosterior) and torch.equal(again.x_obs, posterior.x_obs)
+    assert torch.equal(again.log_prob(theta), posterior.log_prob(theta))
+    with pytest.raises(TypeError, match="'summary', which a NLE file does not take"):
+        sbikit.load(tmp_path / "posterior.sbk", summary=torch.nn.Linear(1, 1))
+
+
+def test_invalid_rows_custom_embedding_and_array_outputs(tmp_path):
+    prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+
+    def simulator(theta):  # (n, 2) -> (n, 2, 2); NaN for a tenth of the parameters
+        x = torch.stack([theta, theta**2], dim=-1) + 0.1 * torch.randn(len(theta), 2, 2)
+        return torch.where((theta[:, :1] > 0.8).unsqueeze(-1), math.nan, x)
+
+    torch.manual_seed(0)
+    theta = prior.sample((300,))
+    data = sbikit.Simulations(theta=theta, x=simulator(theta))
+    embedding = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh())
+    nle = sbikit.NLE(prior, embedding=embedding, training=sbikit.TrainConfig(max_epochs=2, show_progress=False))
+    with pytest.warns(RuntimeWarning, match=f"excluding {data.num_invalid} of 300"):
+        likelihood = nle.fit(data)
+    assert likelihood.sample(5, theta=torch.zeros(2)).shape == (5, 2, 2)
+    assert likelihood.log_prob(torch.zeros(3, 2, 2), theta=torch.zeros(2)).shape == (3,)
+    likelihood.save(tmp_path / "custom.sbk")
+    with pytest.raises(sbikit.FormatError, match="custom embedding"):
+        sbikit.load(tmp_path / "custom.sbk")
+    loaded = sbikit.load(tmp_path / "custom.sbk", embedding=torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh()))
+    x = torch.randn(2, 2)
+    assert torch.equal(loaded.log_prob(x, theta=torch.zeros(2)), likelihood.log_prob(x, theta=torch.zeros(2)))
+
+
+def test_members_of_mixed_effects_are_iid_trials():
+    from torch.distributions import Independent
+
+    model = sbikit.MixedEffects(
+        global_prior=sbikit.BoxUniform(-torch.ones(1), torch.ones(1)),
+        local_prior=lambda g: Independent(Normal(g, 0.5), 1),
+        member_simulator=lambda g, l: l + 0.1 * torch.randn_like(l),
+        num_members=(2, 5),
+    )
+    data = sbikit.simulate(model, 200, seed=0, show_progress=False)
+    likelihood = sbikit.NLE(model.global_prior, training=sbikit.TrainConfig(max_epochs=2, show_progress=False)).fit(data)
+    assert likelihood.x_shape == (1,) and likelihood.history["members_as_trials"]
+    posterior = likelihood.posterior(torch.zeros(7, 1))  # a group of 7 members
+    assert posterior.trials.shape == (7, 1) and posterior.log_prob(torch.zeros(4, 1)).shape == (4,)
+
+
+def test_series_are_refused():
+    prior = sbikit.BoxUniform(-torch.ones(1), torch.ones(1))
+    data = sbikit.Simulations(theta=torch.zeros(4, 1), x=torch.zeros(4, 3, 2), structure="series")
+    with pytest.raises(TypeError, match="for time series use sbikit.NPE"):
+        sbikit.NLE(prior).fit(data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_trials", [1, 10])
+def test_gaussian_linear_posterior_against_the_analytic_one(num_trials):
+    # NLE on 10,000 simulations, MCMC on num_trials i.i.d. trials: N(x_bar N / (N + 1), 0.1 / (N + 1) I)
+    torch.manual_seed(0)
+    prior = gaussian_linear.prior()
+    data = sbikit.simulate(gaussian_linear.simulator, prior, 10_000, seed=0, show_progress=False)
+    likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(show_progress=False)).fit(data)
+    theta = prior.sample()
+    trials = gaussian_linear.simulator(theta.expand(num_trials, 10))
+    variance = 0.1 / (num_trials + 1)
+    exact = Normal(trials.sum(0) / (num_trials + 1), math.sqrt(variance)).sample((2000,))
+    samples = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False)).sample(2000)
+    assert c2st(exact, samples, seed=0) < 0.6
+    assert bool(((samples.std(0) / math.sqrt(variance) - 1).abs() < 0.15).all()), samples.std(0)
