@@ -267,6 +267,39 @@ def test_fit_restores_the_best_weights_and_stops_early():
     assert history["validation_loss"][best] == min(history["validation_loss"])
 
 
+@pytest.mark.parametrize("average", [0.0, 0.5, 0.99])
+def test_the_weights_kept_are_the_moving_average_of_the_steps(average, monkeypatch):
+    # one epoch of 9 steps (81 training rows): the weights kept (and validated) are the average of the
+    # optimizer's iterates, with decay min(average, (1 + t) / (10 + t)) at step t
+    iterates = []
+    real = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        iterates.append(float(self.param_groups[0]["params"][0].detach()))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    module = Quadratic()
+    data = (torch.randn(90, 1, generator=torch.Generator().manual_seed(0)) - 2,)
+    config = TrainConfig(max_epochs=1, batch_size=10, learning_rate=0.3, average=average, show_progress=False)
+    fit(module, data, config)
+    assert len(iterates) == 9
+    expected = 3.0
+    for t, w in enumerate(iterates, start=1):
+        decay = min(average, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * w
+    kept = float(module.w.detach())
+    assert kept == pytest.approx(expected if average else iterates[-1], rel=1e-6)
+    assert kept != pytest.approx(iterates[-1], rel=1e-3) or not average
+
+
+def test_average_must_lie_in_0_1():
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match="TrainConfig.average"):
+            TrainConfig(average=bad)
+
+
 def test_non_finite_losses_are_skipped_then_abort():
     from sbikit.errors import TrainingError
 
