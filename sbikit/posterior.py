@@ -376,8 +376,9 @@ class MCMCPosterior(Posterior):
             num_samples: The number of draws :math:`n`.
 
         Returns:
-            The draws :math:`(n, D)`, iteration by iteration across the chains; all
-            :math:`C \times S` draws are in :meth:`to_arviz`.
+            The draws :math:`(n, D)`: :math:`\lceil n / C \rceil` evenly spaced iterations of
+            every chain, iteration by iteration across the chains; all :math:`C \times S`
+            draws are in :meth:`to_arviz`.
         """
 
         num_samples = check_count(num_samples, "num_samples")
@@ -413,7 +414,11 @@ class MCMCPosterior(Posterior):
         theta = clamp_to_support(self.transform(chains.draws.double()).float(), self.prior)  # (C, S, D)
         self._chains = (theta, chains)
         self._check(theta, chains, time.perf_counter() - started)
-        return theta.transpose(0, 1).reshape(-1, self.theta_dim)[:num_samples]
+        # evenly spaced iterations of every chain, not the first ones: the chains may run
+        # far longer than n / C draws, and neighbouring draws are correlated
+        per_chain = math.ceil(num_samples / len(theta))
+        keep = torch.linspace(0, theta.shape[1] - 1, per_chain).round().long()
+        return theta[:, keep].transpose(0, 1).reshape(-1, self.theta_dim)[:num_samples]
 
     def _check(self, theta: Tensor, chains, seconds: float) -> None:
         from . import _arviz

@@ -46,7 +46,7 @@ from .base import check_estimator_options, linear_adjustment, network_features, 
 
 
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
-ADJUSTMENT_PILOT = 0.2  # the share of the schedule over which adjust="auto" races the two models
+ADJUSTMENT_PILOT = 0.1  # the share of the schedule over which adjust="auto" races the two models
 
 
 def _num_regressors(x_shape: Sequence[int]) -> int:
@@ -266,11 +266,11 @@ class NPE:
         adjust: Whether the flow models the residual of a linear regression of the
             parameters on vector observations (see the module's description),
             rather than the standardized parameters themselves. ``"auto"`` (the
-            default) races the two on the same split: both run the first fifth of
+            default) races the two on the same split: both run the first tenth of
             their schedule (or until one stops early), and only the one with the
             lower validation loss so far trains on (``history["adjusted"]`` says which, and
             ``history["adjustment_pilot"]`` the losses it was chosen by). The race
-            costs 1.2 trainings, in exchange for the adjustment's large gain where
+            costs at most 1.1 trainings, in exchange for the adjustment's large gain where
             the posterior's location is close to linear in :math:`x`, without its
             loss where it is far from linear.
 
