@@ -79,9 +79,6 @@ class _ContextCoupling(GeneralCouplingTransform):
         return DependentTransform(self.univariate(*phi), 1)
 
 
-_BASE_HIDDEN = (32, 32)  # a location and a scale per feature: a small conditioner, a few % of a step
-
-
 class _ScaleAtTheBase(ElementWiseTransform):
     r"""A conditional element-wise affine map on the base side of a flow.
 
@@ -153,7 +150,7 @@ def _coupling(
         layers.append(
             _ScaleAtTheBase(
                 features, context, univariate=MonotonicAffineTransform, shapes=[(), ()],
-                hidden_features=_BASE_HIDDEN,
+                hidden_features=tuple(hidden_features),
             )
         )
     base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features), buffer=True)
