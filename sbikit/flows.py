@@ -169,7 +169,10 @@ def coupling_flow(
     A conditional element-wise affine layer comes first; then each coupling layer
     transforms half of the features with monotonic rational-quadratic splines on
     :math:`[-5, 5]` whose knots are computed from the other half and the context;
-    random permutations between layers mix the halves.
+    random permutations between layers mix the halves; a second conditional
+    element-wise affine layer, on the base side, starts as the identity (see
+    :class:`_ScaleAtTheBase`): with an affine map on both sides, the splines need
+    not carry the posterior's scale.
 
     The defaults (3 couplings, conditioners of 64 × 64) are smaller than zuko's.
     Each step costs a fraction of the larger flow's, and where NPE's regression
