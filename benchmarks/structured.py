@@ -206,13 +206,15 @@ def main(argv=None) -> None:
     groups, series, k = (20_000, 5_000, args.observations) if not args.quick else (1_000, 500, 2)
     print(f"sbikit {sbikit.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     start = time.perf_counter()
-    rows = hierarchical(groups, k, args.seed) + ornstein_uhlenbeck(series, k, args.seed)
-    width_rows = widths(groups, args.seed)
+    rows = hierarchical(groups, k, args.seed) if args.only in (None, "hierarchical") else []
+    rows += ornstein_uhlenbeck(series, k, args.seed) if args.only in (None, "ou") else []
+    width_rows = widths(groups, args.seed) if args.only in (None, "hierarchical") else []
     print("\n| task | simulations | C2ST mean | C2ST max | train s |\n|:--|--:|--:|--:|--:|")
     print("\n".join(rows))
-    print("\nposterior sd of mu (tau = 0.5 known), mean over 20 groups per member count\n")
-    print("| members | NPE sd | exact sd | ratio |\n|--:|--:|--:|--:|")
-    print("\n".join(width_rows))
+    if width_rows:
+        print("\nposterior sd of mu (tau = 0.5 known), mean over 20 groups per member count\n")
+        print("| members | NPE sd | exact sd | ratio |\n|--:|--:|--:|--:|")
+        print("\n".join(width_rows))
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
 
 
