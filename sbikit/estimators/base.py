@@ -1,6 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
-__all__ = ["check_estimator_options", "linear_adjustment", "network_features", "standardize", "training_data"]
+__all__ = [
+    "INTERVALS", "check_estimator_options", "linear_adjustment", "network_features", "standardize", "training_data",
+]
 
 import math
 import torch
@@ -16,6 +18,7 @@ from ..priors import check_prior, in_support
 from ..train import TrainConfig
 
 _MIN_SCALE = 1e-8
+INTERVALS = "linear"  # how estimators map bounded parameters (priors.from_unconstrained); files record it
 
 
 def check_estimator_options(

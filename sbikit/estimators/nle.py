@@ -44,7 +44,7 @@ from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
 from ..train import TrainConfig, fit
-from .base import check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
 
 MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
@@ -347,8 +347,7 @@ class NLE:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             embedding = copy.deepcopy(self.embedding)
-            intervals = "linear"
-            features = from_unconstrained(self.prior, intervals).inverse_shape(self.prior.event_shape)[-1]
+            features = from_unconstrained(self.prior, INTERVALS).inverse_shape(self.prior.event_shape)[-1]
             network = NLENetwork(features, data.x_shape, embedding, self.flow)
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -357,7 +356,7 @@ class NLE:
                 "embedding": None if embedding is None else io.module_spec(embedding),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": intervals,
+                "intervals": INTERVALS,
             }
             likelihood = Likelihood(self.prior, network, self.parameter_names, specs)
             u = likelihood.transform.inv(data.theta.double())

@@ -26,6 +26,7 @@ loss.
 __all__ = ["NPE", "NPENetwork", "NPEPosterior"]
 
 import copy
+import functools
 import math
 import torch
 import torch.nn as nn
@@ -36,13 +37,12 @@ from torch.distributions import Distribution, Transform, TransformedDistribution
 
 from .. import io
 from ..data import Simulations
-from ..errors import FormatError
 from ..flows import coupling_flow
 from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import AmortizedPosterior, SupportMappedDistribution
-from ..priors import check_prior, check_same_prior, from_unconstrained, prior_fingerprint
+from ..priors import from_unconstrained, prior_fingerprint
 from ..train import TrainConfig, Training
-from .base import check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 
 
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
@@ -230,21 +230,9 @@ class NPEPosterior(AmortizedPosterior):
         specs = {k: config[k] for k in ("prior", "summary", "flow", "training")}
         specs["prior_check"] = config.get("prior_check")
         specs["intervals"] = config.get("intervals", "sigmoid")  # format 2 mapped intervals by the logistic
-        for name, given, spec in (("prior", prior, specs["prior"]), ("summary", summary, specs["summary"]),
-                                  ("flow", flow, specs["flow"])):
-            if given is None and spec is None:
-                raise FormatError(
-                    f"this posterior was trained with a custom {name}, which is not rebuilt by name; "
-                    f"pass it: sbikit.load(path, {name}=...)."
-                )
-        if prior is not None:
-            prior = check_prior(prior)
-            if specs["prior_check"] is not None:
-                check_same_prior(prior, specs["prior_check"])
-        else:
-            prior = io.prior_from_spec(specs["prior"])
-        summary = summary if summary is not None else io.build(specs["summary"])
-        builder = flow if flow is not None else (lambda f, c: io.build(specs["flow"], f, c))
+        prior = io.rebuild_prior(prior, specs)
+        summary = io.rebuild("summary", summary, specs["summary"])
+        builder = flow if flow is not None else functools.partial(io.rebuild, "flow", None, specs["flow"])
         features = from_unconstrained(prior, specs["intervals"]).inverse_shape(prior.event_shape)[-1]
         network = NPENetwork(features, config["x_shape"], summary, builder, config.get("structure"))
         posterior = cls(prior, network, config["parameter_names"], specs)
@@ -349,8 +337,7 @@ class NPE:
                 summary = copy.deepcopy(self.summary)
             else:
                 summary = _default_summary(data.x_shape, structure)
-            intervals = "linear"  # how bounded parameters are mapped; files record it
-            features = from_unconstrained(self.prior, intervals).inverse_shape(self.prior.event_shape)[-1]
+            features = from_unconstrained(self.prior, INTERVALS).inverse_shape(self.prior.event_shape)[-1]
             network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -358,7 +345,7 @@ class NPE:
                 "summary": io.module_spec(summary),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": intervals,
+                "intervals": INTERVALS,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
             u = posterior.transform.inv(data.theta.double())
