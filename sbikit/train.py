@@ -267,7 +267,7 @@ class Training:
                 self.steps += 1
                 decay = min(config.average, (1 + self.steps) / (10 + self.steps))
                 with torch.no_grad():
-                    torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+                    torch._foreach_lerp_(self.average, self.params, 1 - decay)
             total += float(loss.detach()) * len(index)
             count += len(index)
         module.eval()
