@@ -199,7 +199,7 @@ def run_method(method, prior, data, x_obs, references, seed, label) -> tuple[Row
         start = time.perf_counter()
         samples = sampler.one(NUM_SAMPLES, x_o)
         sampling_seconds += time.perf_counter() - start
-        scores.append(c2st(reference, samples, seed=seed))
+        scores.append(c2st(reference, samples, seed=seed).accuracy)
     return Row(
         simulator=label[0],
         num_simulations=label[1],

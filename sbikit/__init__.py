@@ -39,6 +39,7 @@ __all__ = [
     "euler_maruyama",
     "gillespie",
     "load",
+    "open_store",
     "simulate",
 ]
 
@@ -54,7 +55,7 @@ from .models import MixedEffects, StateSpace, euler_maruyama, gillespie
 from .mcmc import MCMCConfig
 from .posterior import AmortizedPosterior, MCMCPosterior, Posterior
 from .priors import BoxUniform, ProductPrior
-from .runs import simulate
+from .runs import open_store, simulate
 from .train import TrainConfig
 
 

@@ -4,7 +4,15 @@ Only arviz 0.x (``InferenceData``) is used today; a port to 1.x touches this
 module alone.
 """
 
-__all__ = ["convergence", "members_to_inference_data", "posterior_to_inference_data", "summary", "to_netcdf"]
+__all__ = [
+    "convergence",
+    "ecdf_band",
+    "members_to_inference_data",
+    "posterior_to_inference_data",
+    "predictive_to_inference_data",
+    "summary",
+    "to_netcdf",
+]
 
 import numpy as np
 import warnings
@@ -83,6 +91,46 @@ def members_to_inference_data(
         observed_data={"x": x},
         dims=dims,
         coords={"member": np.arange(x.shape[0])},
+        attrs={"created_by": "sbikit", **(attrs or {})},
+    )
+
+
+def ecdf_band(num: int, points: np.ndarray, prob: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    r"""Returns arviz's simultaneous ``prob`` band (Säilynoja et al., 2022) of the ECDF of ``num``
+    independent uniform draws on :math:`[0, 1]`, evaluated at ``points``: lower and upper,
+    each shaped like ``points``. A uniform sample's ECDF stays inside it at every point with
+    probability ``prob``."""
+
+    _arviz()
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    points = np.asarray(points, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        lower, upper = ecdf_confidence_band(num, points, points, prob=prob, method="optimized")
+    return np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+
+
+def predictive_to_inference_data(
+    samples: np.ndarray,
+    names: Sequence[str],
+    predictive: np.ndarray,
+    observed: np.ndarray,
+    attrs: dict | None = None,
+):
+    r"""Builds an InferenceData from posterior samples :math:`(C, S, D)`, the data simulated from
+    each of them :math:`(C, S, *x\_shape)` (the ``posterior_predictive`` group) and the observation
+    :math:`(*x\_shape)` (``observed_data``), with the same dimension names for both."""
+
+    az = _arviz()
+
+    x = np.asarray(observed)
+    dims = {"x": [f"x_dim_{i}" for i in range(x.ndim)]}
+    return az.from_dict(
+        posterior={name: samples[..., i] for i, name in enumerate(names)},
+        posterior_predictive={"x": np.asarray(predictive)},
+        observed_data={"x": x},
+        dims=dims,
         attrs={"created_by": "sbikit", **(attrs or {})},
     )
 

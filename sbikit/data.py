@@ -1,6 +1,6 @@
 r"""Simulated pairs :math:`(\theta_i, x_i)` and the record of failed simulations."""
 
-__all__ = ["Failure", "Simulations", "as_float_tensor"]
+__all__ = ["STATUSES", "Failure", "Simulations", "as_float_tensor"]
 
 import dataclasses
 import numpy as np
@@ -42,19 +42,41 @@ def _describe(value: object) -> str:
 _INTEGRAL = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+# A failure's kind and the status of its record: "invalid" outputs can be simulated again with
+# the same result, "error" is a deterministic exception, "timeout" and "crashed" are retried first.
+STATUSES = ("ok", "invalid", "error", "timeout", "crashed")
+_STATUS = {"nan": "invalid", "inf": "invalid", "exception": "error", "timeout": "timeout", "crashed": "crashed"}
+
+
 @dataclass(frozen=True)
 class Failure:
     r"""One simulation that produced no usable output.
 
     Arguments:
         index: The simulation's index within its run.
-        kind: ``"nan"``, ``"inf"`` or ``"exception"``.
+        kind: ``"nan"``, ``"inf"``, ``"exception"``, ``"timeout"`` (it ran past the
+            run's timeout, and its worker process was replaced) or ``"crashed"`` (its
+            worker process died).
         message: The exception's text, or a short description.
+        error_type: The exception's type name, for ``"exception"``.
+        attempt: The attempt that was recorded (timeouts and crashes are retried).
+
+    Example:
+        >>> Failure(3, "exception", "ValueError: diverged", "ValueError").status
+        'error'
     """
 
     index: int
     kind: str
     message: str = ""
+    error_type: str = ""
+    attempt: int = 1
+
+    @property
+    def status(self) -> str:
+        r"""The record's status: ``"invalid"`` (NaN or inf), ``"error"``, ``"timeout"`` or ``"crashed"``."""
+
+        return _STATUS[self.kind]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,17 @@
-r"""Vectorized Hamiltonian Monte Carlo for unnormalized densities on :math:`\mathbb{R}^D`.
+r"""Vectorized MCMC for unnormalized densities on :math:`\mathbb{R}^D`: independence
+Metropolis-Hastings with a fitted proposal, and Hamiltonian Monte Carlo where no proposal fits.
 
-Many chains move at once: each leapfrog step evaluates the log-density and its
+**The proposal.** Adaptive importance sampling from prior draws fits one Gaussian
+(:func:`sbikit.proposals.importance_fit`); where it fits poorly (several modes, crescents), a
+mixture of Student t distributions fitted by weighted EM (:func:`sbikit.proposals.mixture_fit`). With a proposal
+:math:`g` close to the posterior :math:`\pi`, independence Metropolis-Hastings (propose
+:math:`y \sim g`, accept with :math:`\min(1, \pi(y) g(z) / (\pi(z) g(y)))`) is a
+Markov chain whose draws are nearly independent and which moves between the modes that
+:math:`g` covers; its proposals do not depend on the chains, so all of them are evaluated
+in a few large calls, and only the accept-reject steps run in sequence
+(:meth:`HMC.sample_independent`).
+
+**HMC.** Many chains move at once: each leapfrog step evaluates the log-density and its
 gradient (torch autograd) for all chains in one call, so a network behind the
 density runs once per step, whatever the number of chains. One iteration draws
 momenta :math:`p \sim \mathcal{N}(0, M)`, integrates Hamilton's equations for
@@ -31,14 +42,21 @@ correlated. With 64 chains, a short pooled warm-up and about 16 draws per chain,
 1,000 posterior draws take a few hundred calls (see ``benchmarks/nle.py``).
 
 What HMC does not do: jump between well-separated modes. Chains start from
-importance-resampled prior draws, so several modes get chains, but their shares
-are then fixed; :math:`\hat R` reports the disagreement (a ``RuntimeWarning``).
+importance-resampled prior draws, so several modes get chains; each iteration adds an
+independence step from the fitted proposal, which moves chains between the modes it
+covers; otherwise their shares are fixed, and :math:`\hat R` reports the disagreement
+(a ``RuntimeWarning``).
+
+What neither does: find modes that the importance fit missed. Where the likelihood is far
+narrower than the prior, a few prior draws dominate the weights, and the fit (and so every
+chain) may settle on the modes near them.
 """
 
-__all__ = ["MCMCConfig", "Chains", "HMC", "SamplingError", "importance_fit"]
+__all__ = ["MCMCConfig", "Chains", "HMC", "SamplingError", "StudentMixture", "importance_fit", "mixture_fit"]
 
 import dataclasses
 import math
+import numpy as np
 import torch
 
 from collections.abc import Callable
@@ -46,14 +64,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .errors import SamplingError
+from .proposals import COMPONENTS, StudentMixture, importance_fit, mixture_fit
 
 _DIVERGENCE = 1000.0  # an energy error above this ends a trajectory as divergent
-_INDEPENDENCE_SCALE = 1.0  # the independence proposals' scale, in units of the approximation's
-_DF = 10  # their Student t's degrees of freedom
-_BLOCK = 16  # iterations of independent proposals evaluated per call
-_ROUNDS = 8  # the most rounds of adaptive importance sampling
-_GOOD_ESS = 0.3  # importance sampling stops once the ESS is this share of the draws
-_SHRINK = 0.25  # a round shrinks the proposal's variance by at most this factor
+_BLOCK = 8192  # independent proposals (all chains) evaluated per call, at least 16 iterations
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,13 @@ class MCMCConfig:
             (100, the minimum Vehtari et al. (2021) give for reliable estimates).
         independence: Whether to sample with independence proposals alone (on
             ``max(4, num_chains // 8)`` chains of at least :math:`512 \min(30, \lceil 1 / s \rceil)`
-            draws) where adaptive importance sampling found a usable Gaussian approximation
-            (an effective sample size share :math:`s` of 1% or more); False always runs HMC.
+            draws) where adaptive importance sampling found a usable approximation (an
+            effective sample size share :math:`s` of 1% or more); False always runs HMC.
+        mixture_components: Where one Gaussian fits the posterior poorly (an effective sample
+            size share below 30%), adaptive importance sampling also fits a mixture of at most
+            this many Student t components (:func:`mixture_fit`), and the better fit gives the
+            independence proposals (of the independence sampler, or of the independence step
+            that HMC adds to each iteration); 1 fits one Gaussian only.
         show_progress: Whether to show a progress bar; None shows one on a terminal.
 
     Example:
@@ -97,10 +116,12 @@ class MCMCConfig:
     max_rhat: float = 1.01
     min_ess: int = 100
     independence: bool = True
+    mixture_components: int = COMPONENTS
     show_progress: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_chains", "warmup", "thin", "max_leapfrog", "num_candidates", "min_ess"):
+        for name in ("num_chains", "warmup", "thin", "max_leapfrog", "num_candidates", "min_ess",
+                     "mixture_components"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MCMCConfig.{name} must be a positive int, got {value!r}.")
@@ -131,49 +152,6 @@ class Chains:
     log_density: Tensor
     accept: Tensor
     divergent: Tensor
-
-
-def importance_fit(
-    log_target: Callable[[Tensor], Tensor], z: Tensor, log_w: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    r"""Fits a Gaussian to an unnormalized density by adaptive importance sampling.
-
-    From weighted draws (for example prior draws weighted by the likelihood), each round
-    fits the weighted mean and covariance, draws as many points from a Gaussian with
-    them (its variance shrunk at most fourfold per round, so that a few heavy weights do
-    not collapse it), and reweights them by target over proposal. It stops when the
-    effective sample size reaches 30% of the draws, or after 8 rounds.
-
-    Arguments:
-        log_target: Maps points :math:`(K, D)` to log-densities :math:`(K,)` (no gradient needed).
-        z: The first draws :math:`(K, D)`.
-        log_w: Their log importance weights :math:`(K,)`; :math:`-\infty` for none.
-
-    Returns:
-        The mean :math:`(D,)`, the Cholesky factor of the covariance :math:`(D, D)`, the
-        last draws :math:`(K, D)` with their log weights :math:`(K,)`, and the effective
-        sample size of the last weights as a share of :math:`K`.
-    """
-
-    dim = z.shape[-1]
-    previous = torch.cov(z.double().T).reshape(dim, dim)  # the first draws' spread bounds the first shrinking
-    for round_ in range(_ROUNDS + 1):
-        w = torch.softmax(log_w.double(), 0)
-        mean = w @ z.double()
-        centered = z.double() - mean
-        cov = (w.unsqueeze(-1) * centered).T @ centered
-        cov = cov + _SHRINK * previous  # shrink at most fourfold per round
-        cov = cov + 1e-9 * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(dim, dtype=cov.dtype)
-        ess = float(1.0 / (w**2).sum())
-        if (round_ > 0 and ess >= _GOOD_ESS * len(z)) or round_ == _ROUNDS:
-            break
-        tril = torch.linalg.cholesky(cov)
-        z = (mean + torch.randn(len(z), dim, dtype=torch.float64) @ tril.T).float()
-        proposal = torch.distributions.MultivariateNormal(mean, scale_tril=tril)
-        log_w = log_target(z).double() - proposal.log_prob(z.double())
-        log_w = torch.where(torch.isfinite(log_w), log_w, -math.inf)
-        previous = cov
-    return mean.float(), torch.linalg.cholesky(cov).float(), z, log_w.float(), ess / len(z)
 
 
 class _DualAveraging:
@@ -210,6 +188,13 @@ class HMC:
         describe: Optionally maps one position :math:`(D,)` to a text that says what
             is not finite there (used in the error when the density is NaN or
             :math:`+\infty`).
+        approximation: Optionally a Gaussian approximation of the density, its mean :math:`(D,)`
+            and Cholesky factor :math:`(D, D)`: the chains then move in its whitened
+            coordinates, and every iteration adds an independence step (see ``proposal``).
+        proposal: The independence proposal; by default, with an ``approximation``, a
+            Student t around it (:class:`StudentMixture`).
+        bulk: Maps many positions :math:`(B, D)` to log-densities :math:`(B,)` without
+            gradients (in chunks, as the caller's memory allows); ``log_density`` by default.
 
     Example:
         >>> target = lambda z: -0.5 * (z**2).sum(-1)
@@ -226,12 +211,18 @@ class HMC:
         config: MCMCConfig,
         describe: Callable[[Tensor], str] | None = None,
         approximation: tuple[Tensor, Tensor] | None = None,
+        proposal: StudentMixture | None = None,
+        bulk: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.config, self.describe = config, describe
         dim = init.shape[-1]
         self.loc, self.tril = approximation if approximation is not None else (torch.zeros(dim), torch.eye(dim))
-        self.independence = approximation is not None
+        if proposal is None and approximation is not None:
+            proposal = StudentMixture.single(self.loc, self.tril)
+        self.proposal, self.independence = proposal, proposal is not None
         self.f = lambda y: log_density(self._position(y))
+        bulk = log_density if bulk is None else bulk
+        self.f_bulk = lambda y: bulk(self._position(y))
         self.phase, self.iteration = "initialization", 0
         self.z = torch.linalg.solve_triangular(self.tril, (init.detach().float() - self.loc).T, upper=False).T
         self.lp, self.grad = self._value_and_grad(self.z)
@@ -300,17 +291,19 @@ class HMC:
         self.grad = torch.where(take.unsqueeze(-1), grad_new, self.grad)
         return accept, diverged
 
-    def _proposals(self, shape: tuple[int, ...]) -> Tensor:
-        r"""Independent proposals in whitened coordinates: a multivariate Student t with
-        ``_DF`` degrees of freedom and scale ``_INDEPENDENCE_SCALE``, whose tails are heavier
-        than a Gaussian posterior's."""
+    def _whiten(self, z: Tensor) -> Tensor:
+        return torch.linalg.solve_triangular(self.tril, (z - self.loc).reshape(-1, len(self.loc)).T,
+                                             upper=False).T.reshape(z.shape)
 
-        chi2 = torch.distributions.Chi2(float(_DF)).sample(shape[:-1]).unsqueeze(-1)
-        return _INDEPENDENCE_SCALE * torch.randn(shape) / (chi2 / _DF).sqrt()
+    def _proposals(self, shape: tuple[int, ...]) -> Tensor:
+        r"""Independent proposals :math:`(*shape[:-1], D)` in whitened coordinates."""
+
+        return self._whiten(self.proposal.sample(shape[:-1]))
 
     def _log_proposal(self, y: Tensor) -> Tensor:
-        dim = y.shape[-1]
-        return -0.5 * (_DF + dim) * torch.log1p((y**2).sum(-1) / (_DF * _INDEPENDENCE_SCALE**2))
+        r"""The proposal's log-density at whitened points, up to a constant (the whitening's Jacobian)."""
+
+        return self.proposal.log_prob(self._position(y))
 
     def _accept_independent(self, y: Tensor, lp: Tensor) -> Tensor:
         r"""The Metropolis-Hastings test of independent proposals :math:`y` :math:`(C, D)`, of
@@ -337,18 +330,21 @@ class HMC:
         r"""Runs ``num_draws * config.thin`` iterations of the independence sampler alone.
 
         The proposals do not depend on the chains, so they are all evaluated first, without
-        gradients, in a few large calls (16 iterations of every chain per call); the
-        accept-reject steps then run in sequence. Valid, and efficient, where the
-        approximation is close to the posterior (see :func:`importance_fit`)."""
+        gradients, in a few large calls (8,192 proposals per call, through ``bulk``); the
+        accept-reject steps then run in sequence, on the ratios :math:`\pi / g` computed
+        beforehand. Valid, and efficient, where the proposal is close to the posterior (see
+        :func:`importance_fit` and :func:`mixture_fit`)."""
 
         total = num_draws * self.config.thin
         proposals = self._proposals((total, *self.z.shape))
+        log_g = self._log_proposal(proposals)
+        block_size = max(16, _BLOCK // len(self.z))
         values = []
         with torch.no_grad():
-            for start in range(0, total, _BLOCK):
-                block = proposals[start : start + _BLOCK]
+            for start in range(0, total, block_size):
+                block = proposals[start : start + block_size]
                 self.phase, self.iteration = "sampling", start
-                lp = self.f(block.reshape(-1, block.shape[-1])).reshape(block.shape[:-1])
+                lp = self.f_bulk(block.reshape(-1, block.shape[-1])).reshape(block.shape[:-1])
                 bad = torch.isnan(lp) | (lp == math.inf)
                 if bool(bad.any()):
                     row = int(bad.any(-1).nonzero()[0])
@@ -358,18 +354,29 @@ class HMC:
                 if bar is not None:
                     bar.update(len(block))
         values = torch.cat(values)
-        draws, lps, accepts = [], [], []
+        # the test min(1, pi(y) g(z) / (pi(z) g(y))) on precomputed log ratios, in numpy: a few
+        # microseconds per iteration; -inf ratios (zero density) are never taken
+        ratio = (values - log_g).double().numpy()
+        log_u = torch.rand(total, len(self.z), dtype=torch.float64).log().numpy()
+        current = (self.lp - self._log_proposal(self.z)).double().numpy()
+        state = np.full(len(self.z), -1)  # -1: the state before this call; i: proposal i
+        states = np.empty((total, len(self.z)), dtype=np.int64)
+        taken = np.empty((total, len(self.z)), dtype=bool)
         for i in range(total):
-            take = self._accept_independent(proposals[i], values[i])
-            self.z = torch.where(take.unsqueeze(-1), proposals[i], self.z)
-            self.lp = torch.where(take, values[i], self.lp)
-            accepts.append(take.float())
-            if (i + 1) % self.config.thin == 0:
-                draws.append(self._position(self.z))
-                lps.append(self.lp)
+            take = log_u[i] < ratio[i] - current
+            state = np.where(take, i, state)
+            current = np.where(take, ratio[i], current)
+            states[i], taken[i] = state, take
+        chains = torch.arange(len(self.z))
+        index = torch.from_numpy(states) + 1
+        positions = torch.cat([self.z[None], proposals])[index, chains]  # (total, C, D)
+        lps = torch.cat([self.lp[None], values])[index, chains]
+        self.z, self.lp = positions[-1], lps[-1]
         self.lp, self.grad = self._value_and_grad(self.z)  # HMC may continue from here
-        accept = torch.stack(accepts, 1).reshape(len(self.z), num_draws, self.config.thin).mean(-1)
-        return Chains(torch.stack(draws, 1), torch.stack(lps, 1), accept, torch.zeros_like(accept, dtype=torch.bool))
+        keep = slice(self.config.thin - 1, None, self.config.thin)
+        accept = torch.from_numpy(taken).float().T.reshape(len(self.z), num_draws, self.config.thin).mean(-1)
+        draws = self._position(positions[keep]).transpose(0, 1)
+        return Chains(draws, lps[keep].T, accept, torch.zeros_like(accept, dtype=torch.bool))
 
     def _iteration(self, step_size: float, steps: int) -> tuple[Tensor, Tensor]:
         accept, diverged = self._transition(step_size, steps)

@@ -28,14 +28,16 @@ import torch
 import warnings
 
 from torch import Size, Tensor
-from torch.distributions import Distribution, Transform, constraints
+from concurrent.futures import ThreadPoolExecutor
+from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
 from tqdm.auto import tqdm
 from typing import ClassVar
+from zuko.distributions import NormalizingFlow
 
 from ._checks import check_count, check_theta, check_x
 from .errors import SamplingError
 from .io import Saveable
-from .mcmc import HMC, MCMCConfig, importance_fit
+from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from .priors import in_support, support_bounds
 
 
@@ -86,8 +88,39 @@ class SupportMappedDistribution(Distribution):
         return self.prior.support
 
     def sample(self, sample_shape: Size = Size()) -> Tensor:
+        return self.from_noise(self.noise(sample_shape))
+
+    def _layers(self) -> tuple[Distribution, list]:
+        r"""The distribution whose draws are the randomness of a sample, and the maps that
+        turn them into :math:`u`, innermost first: through torch's transformed distributions
+        and zuko's normalizing flows; any other distribution is its own noise."""
+
+        d, maps = self.base, []
+        while True:
+            if isinstance(d, TransformedDistribution):
+                maps.extend(reversed(d.transforms))
+                d = d.base_dist
+            elif isinstance(d, NormalizingFlow):
+                maps.append(d.transform.inv)
+                d = d.base
+            else:
+                return d, maps[::-1]
+
+    def noise(self, sample_shape: Size = Size()) -> Tensor:
+        r"""Draws the random numbers of ``sample(sample_shape)``; :meth:`from_noise` maps them
+        to parameters without drawing any more, so that the two may run in different threads."""
+
         with torch.no_grad():
-            u = self.base.sample(sample_shape).cpu().double()
+            return self._layers()[0].sample(sample_shape)
+
+    def from_noise(self, noise: Tensor) -> Tensor:
+        r"""Maps the draws of :meth:`noise` to parameters :math:`\theta`, on the CPU."""
+
+        with torch.no_grad():
+            u = noise
+            for layer in self._layers()[1]:
+                u = layer(u)
+            u = u.cpu().double()
         return clamp_to_support(self.transform(self.loc + self.scale * u).float(), self.prior)
 
     def log_prob(self, theta: Tensor) -> Tensor:
@@ -103,6 +136,34 @@ class SupportMappedDistribution(Distribution):
 
 
 _SAMPLE_CHUNK = 2**15  # samples per call when sampling many observations
+
+
+def _sample_chunks(distributions: list[Distribution], num_samples: int, device: torch.device) -> Tensor:
+    r"""Draws ``num_samples`` from each distribution (over chunks of observations) and
+    concatenates them along the observations, :math:`(n, m, D)`.
+
+    On a CPU with several threads, the chunks run in parallel Python threads, each
+    with one intra-op thread: many of a flow's element-wise operations are too small
+    for torch to split, so this uses the cores where torch's own threads idle. The
+    random numbers are drawn in this thread, chunk by chunk, in order, so the draws
+    are the same whatever the number of threads.
+    """
+
+    threads = min(torch.get_num_threads(), len(distributions)) if device.type == "cpu" else 1
+    if threads < 2 or not all(isinstance(d, SupportMappedDistribution) for d in distributions):
+        return torch.cat([d.sample((num_samples,)) for d in distributions], dim=1)
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)  # threads made from here on start with one intra-op thread
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            parts = []
+            for start in range(0, len(distributions), threads):
+                wave = distributions[start : start + threads]
+                noises = [d.noise((num_samples,)) for d in wave]
+                parts.extend(pool.map(lambda d, e: d.from_noise(e), wave, noises))
+    finally:
+        torch.set_num_threads(intra_op)
+    return torch.cat(parts, dim=1)
 
 
 class Posterior(Saveable):
@@ -197,7 +258,7 @@ class AmortizedPosterior(Posterior):
             # many observations: chunks of observations keep the flow's intermediate
             # tensors small enough for the cache (about 2x the throughput on a CPU)
             step = max(1, _SAMPLE_CHUNK // num_samples)
-            return torch.cat([self.distribution(part).sample((num_samples,)) for part in x.split(step)], dim=1)
+            return _sample_chunks([self.distribution(part) for part in x.split(step)], num_samples, x.device)
 
     def log_prob(self, theta: object, x: object) -> Tensor:
         r"""Evaluates the normalized density :math:`\log p(\theta | x)`.
@@ -254,6 +315,7 @@ class AmortizedPosterior(Posterior):
 _MIN_DRAWS = 64  # HMC draws per chain at least: R-hat of 64 x 64 independent draws stays below 1.01
 _ROWS = 2**16  # (parameter, trial) pairs per network call outside the chains' steps
 _USABLE_FIT = 0.01  # the share above which independence proposals alone are used (on chains up to 30x longer)
+_GOOD_FIT = 0.3  # the Gaussian fit's share below which a mixture is fitted too
 
 
 class MCMCPosterior(Posterior):
@@ -263,10 +325,14 @@ class MCMCPosterior(Posterior):
 
     The chains run in the prior's unconstrained space :math:`u = T^{-1}(\theta)`, on
     :math:`\sum_i \log q(x_i | T(u)) + \log p(T(u)) + \log |\det J_T(u)|`, so they
-    never leave the support; :class:`sbikit.mcmc.HMC` moves all chains with one network
-    call per leapfrog step. The chains start from ``num_candidates`` prior draws,
-    resampled by their likelihood without replacement (distinct points in the
-    posterior's neighbourhood), and warm up once, at the first ``sample``; later calls
+    never leave the support. ``num_candidates`` prior draws, weighted by their likelihood,
+    start adaptive importance sampling: one Gaussian, and where it fits poorly a mixture
+    (:func:`sbikit.mcmc.mixture_fit`). Where the better fit is usable, independence
+    Metropolis-Hastings with proposals from it runs on few long chains, its proposals
+    evaluated in a few large network calls; otherwise :class:`sbikit.mcmc.HMC` moves all
+    chains with one network call per leapfrog step. The chains start from the last
+    importance draws, resampled by their weights without replacement (distinct points in
+    the posterior's neighbourhood), and warm up once, at the first ``sample``; later calls
     continue the same chains. After each ``sample``, arviz's :math:`\hat R` and bulk and
     tail ESS are computed from the chains (``history``), and a ``RuntimeWarning`` says
     when :math:`\hat R` exceeds ``max_rhat`` or the bulk ESS is below ``min_ess``.
@@ -326,6 +392,11 @@ class MCMCPosterior(Posterior):
             parts = [self.likelihood.trial_log_likelihood(part, self.trials).sum(-1) for part in u.split(step)]
         return torch.cat(parts)
 
+    def _log_target(self, u: Tensor) -> Tensor:
+        r"""The log-density :math:`(B,)` of many points :math:`(B, D)`, without gradients, in chunks."""
+
+        return self._log_likelihood(u) + self._log_prior(u)
+
     def _describe(self, u: Tensor) -> str:
         with torch.no_grad():
             theta = self.transform(u.double()).float()
@@ -338,11 +409,12 @@ class MCMCPosterior(Posterior):
                     f"({len(bad)} trial(s) not finite) and the log prior is {prior}")
         return f"{where}, where every trial's log-likelihood is finite and the log prior is {prior}"
 
-    def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        r"""The chains' starting points :math:`(C, D)` and a Gaussian approximation (mean,
-        Cholesky factor) of the posterior in unconstrained space: prior draws weighted by
-        their likelihood, refined by adaptive importance sampling, then resampled by their
-        weights without replacement (Gumbel top-k)."""
+    def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor], StudentMixture]:
+        r"""The chains' starting points :math:`(C, D)`, a Gaussian approximation (mean,
+        Cholesky factor) of the posterior in unconstrained space and the independence
+        proposal: prior draws weighted by their likelihood, refined by adaptive importance
+        sampling (a Gaussian, then, where it fits poorly, a mixture, whichever has the larger
+        effective sample size), then resampled by their weights without replacement (Gumbel top-k)."""
 
         count = self.mcmc.num_chains
         with torch.no_grad():
@@ -358,12 +430,18 @@ class MCMCPosterior(Posterior):
                 f"first, {self._describe(u[first])}. Check x_obs against the simulator's outputs."
             )
 
-        def log_target(v: Tensor) -> Tensor:
-            return self._log_likelihood(v) + self._log_prior(v)
-
-        loc, tril, u, log_w, self._fit_ess = importance_fit(log_target, u, log_w)
+        prior_draws = u, log_w
+        loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w)
+        proposal = StudentMixture.single(loc, tril)
+        if self._fit_ess < _GOOD_FIT and self.mcmc.mixture_components > 1:
+            # pooled: each set is weighted by target over its own proposal, so both estimate the same
+            pooled = torch.cat([prior_draws[0], u]), torch.cat([prior_draws[1], log_w])
+            mixture, v, log_v, ess = mixture_fit(self._log_target, *pooled, defensive=(loc, tril),
+                                                 components=self.mcmc.mixture_components, num_draws=len(u))
+            if ess > self._fit_ess:
+                proposal, u, log_w, self._fit_ess = mixture, v, log_v, ess
         gumbel = -torch.log(-torch.log(torch.rand(len(u)).clamp_min(1e-30)))
-        return u[(log_w + gumbel).topk(count).indices], (loc, tril)
+        return u[(log_w + gumbel).topk(count).indices], (loc, tril), proposal
 
     def sample(self, num_samples: int) -> Tensor:
         r"""Draws from the posterior by MCMC.
@@ -386,14 +464,15 @@ class MCMCPosterior(Posterior):
         started = time.perf_counter()
         fresh = self._sampler is None
         if fresh:
-            start, approximation = self._start()
+            start, approximation, proposal = self._start()
             # a close approximation: independence proposals alone, evaluated in a few large calls, on
             # fewer, longer chains (their draws repeat after a rejection, which short chains'
             # R-hat reads as disagreement)
             self._independent = config.independence and self._fit_ess >= _USABLE_FIT
             if self._independent:
                 start = start[: max(4, config.num_chains // 8)]
-            self._sampler = HMC(self._log_density, start, config, self._describe, approximation)
+            self._sampler = HMC(self._log_density, start, config, self._describe, approximation, proposal,
+                                bulk=self._log_target)
         chains_count = len(self._sampler.z)
         # independence chains: longer, the lower the importance fit's ESS share (its autocorrelation grows so)
         least = _MIN_DRAWS * 8 * min(30, math.ceil(1 / self._fit_ess)) if self._independent else _MIN_DRAWS
@@ -427,6 +506,7 @@ class MCMCPosterior(Posterior):
         sampler, config = self._sampler, self.mcmc
         self.history = {
             "sampler": "independence" if self._independent else "hmc",
+            "proposal_components": len(sampler.proposal.logits) if sampler.proposal is not None else 0,
             "num_chains": theta.shape[0], "draws_per_chain": theta.shape[1], "warmup": config.warmup,
             "thin": config.thin, "step_size": sampler.step_size,
             "leapfrog_steps": sampler._leapfrog_steps(sampler.step_size),

@@ -1,8 +1,10 @@
 r"""One training loop for every estimator.
 
 An estimator is an :class:`torch.nn.Module` with a method ``loss(*tensors)`` that
-returns one loss per row, :math:`(B,)`. :func:`fit` minimizes its mean over
-mini-batches sliced from in-memory tensors, holds out a validation split, stops
+returns one loss per row, :math:`(B,)`, and optionally a method ``batch_loss(*tensors)``
+that returns one scalar for the whole batch (a term that is not a sum over rows, such as
+an MMD penalty on summaries). :func:`fit` minimizes the mean of the first plus the
+second over mini-batches sliced from in-memory tensors, holds out a validation split, stops
 early and restores the weights with the best validation loss.
 """
 
@@ -10,17 +12,24 @@ __all__ = ["TrainConfig", "Training", "fit"]
 
 import copy
 import dataclasses
+import io
 import math
+import os
+import re
+import signal
 import sys
 import time
 import torch
 import torch.nn as nn
+import warnings
 
 from dataclasses import dataclass
+from pathlib import Path
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import TrainingError
+from .runs.store import atomic_write, digest
 
 
 _AUTOMATIC = ("batch_size", "learning_rate", "max_epochs")
@@ -58,6 +67,12 @@ class TrainConfig:
             three seeds, and stopped a premature early stop). 0 keeps the last
             step's weights.
         seed: Seeds the split, the shuffling and the network's initialization.
+        checkpoint: A directory for checkpoints; None keeps none. Training saves one
+            every ``checkpoint_every`` epochs and when the process gets SIGTERM (at the
+            end of the epoch it is in, after which the signal takes its course), and a
+            training run with the same name and data resumes from the newest valid one,
+            with the loss trajectory of a run never interrupted.
+        checkpoint_every: The epochs between checkpoints.
         device: Where to train, for example ``"cpu"`` or ``"cuda"``.
         show_progress: Whether to show a progress bar; None shows one on a terminal.
 
@@ -81,6 +96,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     show_progress: bool | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_epochs", "steps", "patience", "max_nonfinite"):
@@ -105,6 +122,12 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}.")
         _check_device(self.device)
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(f"TrainConfig.checkpoint_every must be a positive int, got {self.checkpoint_every!r}.")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise TypeError(f"TrainConfig.checkpoint must be a directory path or None, got {type(self.checkpoint).__name__}.")
+        if self.checkpoint is not None:  # a str, which saved posteriors keep in their JSON config
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
 
     def resolve(self, num_rows: int) -> tuple[int, float, int]:
         r"""Returns the batch size, learning rate and number of epochs for ``num_rows``
@@ -146,12 +169,20 @@ def _check_device(device: object) -> None:
         )
 
 
+def _batch_term(module: nn.Module, tensors: list[Tensor]) -> Tensor | float:
+    r"""The module's loss term over the whole batch, ``module.batch_loss(*tensors)``; 0 without one."""
+
+    batch_loss = getattr(module, "batch_loss", None)
+    return 0.0 if batch_loss is None else batch_loss(*tensors)
+
+
 def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(tensors[0]), batch_size):
-            losses = module.loss(*(t[start : start + batch_size] for t in tensors))
-            total += float(losses.sum())
+            chunk = [t[start : start + batch_size] for t in tensors]
+            losses = module.loss(*chunk)
+            total += float(losses.sum()) + len(losses) * float(_batch_term(module, chunk))
             count += len(losses)
     return total / count
 
@@ -166,7 +197,8 @@ class Training:
 
     Arguments:
         module: An estimator with a ``loss`` method returning :math:`(B,)`.
-        tensors: Training tensors with a common first dimension :math:`N`.
+        tensors: Training tensors with a common first dimension :math:`N`, or a
+            :class:`sbikit.runs.stream.StoreStream` of a store larger than memory.
         config: The training settings.
         name: The label of the progress bar and of the summary line.
     """
@@ -175,15 +207,23 @@ class Training:
                  name: str = "training") -> None:
         self.module, self.config, self.name = module, config, name
         self.device = torch.device(config.device)
-        n = len(tensors[0])
         self.generator = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(n, generator=self.generator)
-        n_val = max(1, int(round(n * config.validation_fraction)))
-        if n - n_val < 1:
-            raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
-        self.val = [t[order[:n_val]].to(self.device) for t in tensors]
-        self.train = [t[order[n_val:]].to(self.device) for t in tensors]
-        self.batch_size, learning_rate, self.max_epochs = config.resolve(n - n_val)
+        # rows streamed from a store larger than memory (sbikit.runs.stream), or tensors in memory
+        self.stream = tensors if hasattr(tensors, "batches") else None
+        if self.stream is not None:
+            self.order, self.train = self.stream.split, None
+            self.val = [t.to(self.device) for t in self.stream.validation]
+            n_train = self.stream.num_train
+        else:
+            n = len(tensors[0])
+            self.order = order = torch.randperm(n, generator=self.generator)
+            n_val = max(1, int(round(n * config.validation_fraction)))
+            if n - n_val < 1:
+                raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
+            self.val = [t[order[:n_val]].to(self.device) for t in tensors]
+            self.train = [t[order[n_val:]].to(self.device) for t in tensors]
+            n_train = n - n_val
+        self.batch_size, learning_rate, self.max_epochs = config.resolve(n_train)
 
         module.to(self.device)
         # foreach: one fused update over all parameters; torch picks it on CUDA only by default,
@@ -213,6 +253,12 @@ class Training:
         self.lines = config.show_progress is None and self.bar.disable
         self.seconds = 0.0
         self.last_line = time.perf_counter()
+        self.terminated = False
+        self.checkpoints = None if config.checkpoint is None else Checkpoints(config.checkpoint, name)
+        if self.checkpoints is not None:
+            state = self.checkpoints.load()
+            if state is not None:
+                self._restore(state)
 
     @property
     def done(self) -> bool:
@@ -224,10 +270,11 @@ class Training:
         r"""Runs up to ``epochs`` more epochs (all that remain, if None)."""
 
         started = time.perf_counter()
+        previous = _catch_sigterm(self) if self.checkpoints is not None else None
         try:
             remaining = self.max_epochs - self.history["epochs"]
             for _ in range(remaining if epochs is None else min(epochs, remaining)):
-                if self.stopped:
+                if self.stopped or self.terminated:
                     break
                 self._epoch()
         except BaseException:
@@ -235,19 +282,21 @@ class Training:
             raise
         finally:
             self.seconds += time.perf_counter() - started
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self.terminated:  # saved at the end of the epoch: now the signal takes its course
+            self.bar.close()
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.done:
             self.bar.close()
 
     def _epoch(self) -> None:
-        module, config, history, train = self.module, self.config, self.history, self.train
+        module, config, history = self.module, self.config, self.history
         epoch = history["epochs"]
         module.train()
-        n_train = len(train[0])
-        perm = torch.randperm(n_train, generator=self.generator).to(self.device)
         total, count = 0.0, 0
-        for start in range(0, n_train, self.batch_size):
-            index = perm[start : start + self.batch_size]
-            loss = module.loss(*(t[index] for t in train)).mean()
+        for batch in self._batches():
+            loss = module.loss(*batch).mean() + _batch_term(module, batch)
             if not torch.isfinite(loss):
                 history["skipped_steps"] += 1
                 self.nonfinite += 1
@@ -268,8 +317,8 @@ class Training:
                 decay = min(config.average, (1 + self.steps) / (10 + self.steps))
                 with torch.no_grad():
                     torch._foreach_lerp_(self.average, self.params, 1 - decay)
-            total += float(loss.detach()) * len(index)
-            count += len(index)
+            total += float(loss.detach()) * len(batch[0])
+            count += len(batch[0])
         module.eval()
         if self.average is not None:  # validate, and keep, the averaged weights
             with torch.no_grad():
@@ -293,6 +342,8 @@ class Training:
         self.bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
         if self.stale >= config.patience:
             self.stopped = True
+        if self.checkpoints is not None and (history["epochs"] % config.checkpoint_every == 0 or self.terminated):
+            self.checkpoints.save(self._state(), history["epochs"])
         if self.lines and time.perf_counter() - self.last_line > 30:
             self.last_line = time.perf_counter()
             print(
@@ -300,6 +351,61 @@ class Training:
                 f"validation loss {val_loss:.4f}",
                 file=sys.stderr,
             )
+
+    def _batches(self):
+        r"""One epoch's shuffled mini-batches: slices of the tensors in memory, or read from a store."""
+
+        if self.stream is not None:
+            for batch in self.stream.batches(self.batch_size, self.generator):
+                yield [t.to(self.device) for t in batch]
+            return
+        n_train = len(self.train[0])
+        perm = torch.randperm(n_train, generator=self.generator).to(self.device)
+        for start in range(0, n_train, self.batch_size):
+            index = perm[start : start + self.batch_size]
+            yield [t[index] for t in self.train]
+
+    def _state(self) -> dict:
+        r"""Everything that the rest of training depends on, as tensors and plain values."""
+
+        return {
+            "format": 1,
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": copy.deepcopy(self.history),
+            "best": self.best,
+            "best_state": self.best_state,
+            "average": self.average,
+            "counters": {"steps": self.steps, "stale": self.stale, "nonfinite": self.nonfinite, "stopped": self.stopped},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "split": self.order,
+        }
+
+    def _restore(self, state: dict) -> None:
+        r"""Continues from a checkpoint of a training run on the same data."""
+
+        if not torch.equal(state["split"], self.order):
+            raise TrainingError(
+                f"the checkpoint in {self.checkpoints.directory} was made with another validation split (other "
+                "data or TrainConfig.seed); pass another checkpoint directory to train afresh."
+            )
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        self.best, self.best_state = state["best"], state["best_state"]
+        if self.average is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self.average, state["average"])
+        counters = state["counters"]
+        self.steps, self.stale, self.nonfinite, self.stopped = (
+            counters["steps"], counters["stale"], counters["nonfinite"], counters["stopped"]
+        )
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.bar.update(self.history["epochs"])
 
     def abandon(self, reason: str) -> None:
         r"""Ends training without keeping it (a candidate that lost a race), saying why."""
@@ -342,7 +448,9 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, nam
     r"""Trains ``module`` by minimizing ``module.loss(*tensors)``.
 
     Arguments:
-        module: An estimator with a ``loss`` method returning :math:`(B,)`.
+        module: An estimator with a ``loss`` method returning :math:`(B,)`, and optionally a
+            ``batch_loss`` method returning a scalar term over the whole batch, which is added
+            to the mean of ``loss`` in every step and in validation.
         tensors: Training tensors with a common first dimension :math:`N`.
         config: The training settings.
         name: The label of the progress bar and of the summary line.
@@ -359,3 +467,79 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, nam
     run = Training(module, tensors, config, name)
     run.advance()
     return run.finish()
+
+
+def _catch_sigterm(run: Training):
+    r"""Makes SIGTERM end ``run`` after a checkpoint at the end of its epoch; returns the old handler."""
+
+    def handler(signum, frame) -> None:
+        run.terminated = True
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        return None
+
+
+class Checkpoints:
+    r"""Training checkpoints in a directory: ``<name>-<epoch>.<sha256 prefix>.pt``, the newest two kept.
+
+    Each is written to a temporary file, fsynced and renamed, and loads with
+    ``torch.load(weights_only=True)``. A checkpoint whose checksum or contents fail is
+    skipped, with a warning, for the one before it.
+
+    Arguments:
+        directory: Where the checkpoints go.
+        name: The training run's name (NPE's candidates have their own).
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str) -> None:
+        self.directory = Path(directory)
+        self.prefix = "".join(c if c.isalnum() else "-" for c in name).strip("-") or "training"
+
+    def _files(self) -> list:
+        pattern = re.compile(rf"^{re.escape(self.prefix)}-(\d{{6}})\.([0-9a-f]{{16}})\.pt$")
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m[1]), m[2], self.directory / m[0]) for m in map(pattern.match, os.listdir(self.directory)) if m]
+        return sorted(found, reverse=True)
+
+    def save(self, state: dict, epoch: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        atomic_write(self.directory / f"{self.prefix}-{epoch:06d}.{digest(data)}.pt", data)
+        for _, _, old in self._files()[2:]:
+            old.unlink(missing_ok=True)
+
+    def load(self) -> dict | None:
+        r"""The newest valid checkpoint, or None if there is none.
+
+        Raises:
+            TrainingError: If there are checkpoints and none is valid.
+        """
+
+        files, problems = self._files(), []
+        for epoch, expected, path in files:
+            data = path.read_bytes()
+            try:
+                if digest(data) != expected:
+                    raise ValueError("its checksum does not match its contents")
+                state = torch.load(io.BytesIO(data), weights_only=True)
+            except Exception as error:  # noqa: BLE001 - any failure to read it means it is corrupt
+                problems.append(f"{path.name}: {error}")
+                continue
+            if problems:
+                warnings.warn(
+                    f"skipped corrupt training checkpoints ({'; '.join(problems)}); resuming from {path.name}.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return state
+        if problems:
+            raise TrainingError(
+                f"every training checkpoint in {self.directory} is corrupt ({'; '.join(problems)}); delete them "
+                "to train from the start."
+            )
+        return None

@@ -121,7 +121,8 @@ def reference_posterior(x: torch.Tensor, num_samples: int, seed: int = 0, tau: f
 def local_posterior(globals_: torch.Tensor, x_j: torch.Tensor, seed: int = 0) -> torch.Tensor:
     r"""Draws member :math:`j`'s local :math:`l_j | \mu, \tau, x_j` for each row of ``globals_``
     :math:`(n, 2)`; returns :math:`(n, 1)`. Given the globals, the other members say nothing
-    more about :math:`l_j`."""
+    more about :math:`l_j`. Pass a ``seed`` other than the one that drew ``globals_``: the
+    same seed replays the same random stream, which ties the locals to the global draws."""
 
     generator = torch.Generator().manual_seed(seed)
     mu, tau = globals_[:, :1].double(), globals_[:, 1:].double()

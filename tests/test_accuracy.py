@@ -14,7 +14,7 @@ def _c2st(posterior, module, seed):
     observed = sbikit.simulate(module.simulator, prior, 1, seed=1000 + seed, show_progress=False)
     x = observed.x[0]
     reference = module.reference_posterior(x, 5_000, seed=seed)
-    return c2st(reference, posterior.sample(5_000, x=x))
+    return c2st(reference, posterior.sample(5_000, x=x)).accuracy
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@ r"""The flows' fast paths compute zuko's functions: same parameters, same densit
 
 import pytest
 import torch
+import zuko
 
 from functools import partial
 from zuko.flows.coupling import GeneralCouplingTransform
@@ -79,3 +80,19 @@ def test_weights_from_before_the_affine_at_the_base_load_as_the_identity(builder
     fresh = builder(3, 4)
     fresh.load_state_dict(full)
     assert all(torch.equal(full[k], v) for k, v in fresh.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [sbikit.coupling_flow, sbikit.affine_coupling_flow, zuko.flows.MAF, partial(zuko.flows.NSF, transforms=2)],
+)
+def test_start_at_identity_gives_the_base_distribution(builder):
+    torch.manual_seed(0)
+    flow = flows.start_at_identity(builder(3, 4))
+    c, x = torch.randn(7, 4), 3 * torch.randn(11, 7, 3)
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(flow(c).log_prob(x), standard, rtol=1e-5, atol=1e-5)
+    # and it trains: the zeroed output layers get gradients
+    flow(c).log_prob(x + 1).sum().backward()
+    zeroed = [m.hyper[-1] for m in flow.modules() if isinstance(getattr(m, "hyper", None), torch.nn.Sequential)]
+    assert zeroed and all(float(layer.weight.grad.abs().sum()) > 0 for layer in zeroed)

@@ -1,4 +1,5 @@
 import math
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -8,7 +9,7 @@ from torch.distributions import Independent, Normal
 
 import sbikit
 
-from sbikit.mcmc import HMC, MCMCConfig, importance_fit
+from sbikit.mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from sbikit.priors import from_unconstrained
 
 
@@ -114,7 +115,8 @@ def test_rhat_warning_when_chains_sit_in_separate_modes():
             return Normal(theta.unsqueeze(-2), self.noise).log_prob(trials).sum(-1)
 
     prior = Independent(Normal(torch.zeros(1), torch.ones(1)), 1)
-    config = MCMCConfig(independence=False, show_progress=False)  # HMC alone cannot cross between the modes
+    # HMC alone cannot cross between the modes, and one Gaussian's independence proposals hardly reach them
+    config = MCMCConfig(independence=False, mixture_components=1, show_progress=False)
     posterior = sbikit.MCMCPosterior(Folded(prior, 0.001), torch.tensor([1.5]), config)
     with pytest.warns(RuntimeWarning, match=r"R-hat is .*\(above 1.01\)"):
         samples = posterior.sample(1000)
@@ -154,3 +156,74 @@ def test_config_is_validated():
     with pytest.raises(TypeError, match="mcmc must be a sbikit.MCMCConfig"):
         sbikit.MCMCPosterior(AnalyticLikelihood(sbikit.BoxUniform(torch.zeros(1), torch.ones(1)), 0.1),
                              torch.zeros(1), mcmc={"num_chains": 4})
+
+
+def test_student_mixture_density_and_draws():
+    torch.manual_seed(0)
+    weights = torch.tensor([0.25, 0.75])
+    loc = torch.tensor([[-1.0, 2.0], [3.0, 0.0]])
+    cov = torch.tensor([[[1.0, 0.5], [0.5, 2.0]], [[0.3, -0.1], [-0.1, 0.2]]])
+    mixture = StudentMixture(weights.log() + 3.0, loc, torch.linalg.cholesky(cov), df=5)  # logits need not sum to 0
+    z = 3 * torch.randn(50, 2)
+    exact = np.logaddexp(*(math.log(w) + stats.multivariate_t(l.numpy(), c.numpy(), df=5).logpdf(z.numpy())
+                           for w, l, c in zip(weights.tolist(), loc, cov)))
+    assert np.allclose(mixture.log_prob(z).numpy(), exact, atol=1e-4)
+    assert mixture.log_prob(z.reshape(5, 10, 2)).shape == (5, 10)
+    draws = mixture.sample((40_000,)).double()
+    mean = weights @ loc
+    second = sum(w * (c * 5 / 3 + torch.outer(m, m)) for w, m, c in zip(weights, loc, cov))  # t: cov * df / (df - 2)
+    assert torch.allclose(draws.mean(0).float(), mean, atol=0.04), draws.mean(0)
+    assert torch.allclose(torch.cov(draws.T).float(), second - torch.outer(mean, mean), atol=0.1), torch.cov(draws.T)
+
+
+class MixtureLikelihood(AnalyticLikelihood):
+    r"""A likelihood that is a two-component Gaussian mixture in theta (the trials are ignored):
+    under a wide box prior, the posterior is that mixture."""
+
+    weights = torch.tensor([0.3, 0.7])
+    means = torch.tensor([[-2.0, 1.0], [2.0, -1.0]])
+    covs = torch.tensor([[[0.09, 0.06], [0.06, 0.09]], [[0.16, -0.1], [-0.1, 0.25]]])
+
+    def trial_log_likelihood(self, u, trials):
+        theta = self.transform(u).unsqueeze(-2)
+        parts = torch.distributions.MultivariateNormal(self.means, self.covs).log_prob(theta) + self.weights.log()
+        return torch.logsumexp(parts, -1).unsqueeze(-1).expand(len(u), len(trials))
+
+
+@pytest.mark.parametrize("independence", [True, False])
+def test_mixture_proposals_recover_a_bimodal_posterior(independence):
+    torch.manual_seed(0)
+    prior = sbikit.BoxUniform(-4 * torch.ones(2), 4 * torch.ones(2))
+    likelihood = MixtureLikelihood(prior, 1.0)
+    config = MCMCConfig(independence=independence, show_progress=False)
+    posterior = sbikit.MCMCPosterior(likelihood, torch.zeros(2), config)
+    samples = posterior.sample(4000)
+    history = posterior.history
+    # one Gaussian fits two modes poorly: a mixture proposal, whose independence steps (alone, or one
+    # per HMC iteration) move the chains between the modes
+    assert history["sampler"] == ("independence" if independence else "hmc")
+    assert history["proposal_components"] > 2
+    assert bool(((samples > -4) & (samples < 4)).all())
+    assert max(history["r_hat"]) < 1.01 and min(history["ess_bulk"]) > 1000
+    right = samples[:, 0] > 0
+    # more than 1,000 effective draws: the share's standard error is below 0.015
+    assert abs(float(right.float().mean()) - 0.7) < 0.05, right.float().mean()
+    for mode, (mean, cov) in zip([~right, right], zip(likelihood.means, likelihood.covs)):
+        part = samples[mode]
+        sd = cov.diagonal().sqrt()
+        assert bool(((part.mean(0) - mean).abs() < 0.1 * sd).all()), (part.mean(0), mean)
+        assert torch.allclose(torch.cov(part.T), cov, atol=0.1 * float(cov.diagonal().max())), torch.cov(part.T)
+
+
+def test_mixture_fit_covers_both_modes_from_prior_draws():
+    torch.manual_seed(0)
+    target = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(MixtureLikelihood.weights),
+        torch.distributions.MultivariateNormal(MixtureLikelihood.means, MixtureLikelihood.covs))
+    z = 4 * torch.rand(2000, 2) * 2 - 4  # uniform prior draws on [-4, 4]^2
+    loc, tril, *_ = importance_fit(target.log_prob, z, target.log_prob(z))
+    proposal, draws, log_w, ess = mixture_fit(target.log_prob, z, target.log_prob(z), defensive=(loc, tril))
+    assert ess > 0.3 and draws.shape == (2000, 2) and log_w.shape == (2000,)
+    # the proposal's mass on each mode, from its own draws
+    share = float((proposal.sample((20_000,))[:, 0] > 0).float().mean())
+    assert 0.55 < share < 0.85, share

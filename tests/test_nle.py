@@ -39,7 +39,7 @@ def test_emulator_matches_the_simulator(trained):
     x = likelihood.sample(20_000, theta=theta)
     # the simulator: N(theta, 0.1^2 I); 1,000 simulations and 15 epochs
     assert bool(((x.mean(0) - theta).abs() < 0.03).all()), x.mean(0)
-    assert bool(((x.std(0) / 0.1 - 1).abs() < 0.15).all()), x.std(0)
+    assert bool(((x.std(0) / 0.1 - 1).abs() < 0.06).all()), x.std(0)  # measured within 3%
     exact = Normal(theta, 0.1).log_prob(x[:2000]).sum(-1)
     surrogate = likelihood.log_prob(x[:2000], theta=theta)
     assert abs(float((surrogate - exact).mean())) < 0.2  # a KL divergence of under 0.2 nats
@@ -144,27 +144,21 @@ def test_series_are_refused():
         sbikit.NLE(prior).fit(data)
 
 
-_TEN_TRIALS_UNMET = pytest.mark.xfail(
-    strict=True,
-    reason="issue 8, open: with 10 trials the surrogate's per-trial bias adds up (C2ST 0.62 to 0.69 "
-    "against 0.60; means off by up to 0.6 posterior sd). A flow started at the regression's Gaussian "
-    "gave 0.58 here, but 5 to 17% too-wide emulators on a box prior, whose edges inflate the residual "
-    "scale of a regression on the unconstrained parameters.",
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("num_trials", [1, pytest.param(10, marks=_TEN_TRIALS_UNMET)])
-def test_gaussian_linear_posterior_against_the_analytic_one(num_trials):
-    # NLE on 10,000 simulations, MCMC on num_trials i.i.d. trials: N(x_bar N / (N + 1), 0.1 / (N + 1) I)
+@pytest.mark.parametrize("num_trials, num_simulations", [(1, 10_000), (10, 10_000), (100, 100_000)])
+def test_gaussian_linear_posterior_against_the_analytic_one(num_trials, num_simulations):
+    # MCMC on num_trials i.i.d. trials: N(x_bar N / (N + 1), 0.1 / (N + 1) I). With 100 trials the
+    # posterior is 10x narrower than with one, and at 10,000 simulations the surrogate's statistical
+    # error in the mean of x (even a linear-Gaussian fit's) is a third of that width in each of the
+    # 10 dimensions (C2ST about 0.64); at 100,000 it is a tenth (about 0.55)
     torch.manual_seed(0)
     prior = gaussian_linear.prior()
-    data = sbikit.simulate(gaussian_linear.simulator, prior, 10_000, seed=0, show_progress=False)
+    data = sbikit.simulate(gaussian_linear.simulator, prior, num_simulations, seed=0, show_progress=False)
     likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(show_progress=False)).fit(data)
     theta = prior.sample()
     trials = gaussian_linear.simulator(theta.expand(num_trials, 10))
     variance = 0.1 / (num_trials + 1)
     exact = Normal(trials.sum(0) / (num_trials + 1), math.sqrt(variance)).sample((2000,))
     samples = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False)).sample(2000)
-    assert c2st(exact, samples, seed=0) < 0.6
+    assert c2st(exact, samples, seed=0).accuracy < 0.6
     assert bool(((samples.std(0) / math.sqrt(variance) - 1).abs() < 0.15).all()), samples.std(0)

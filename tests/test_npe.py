@@ -46,6 +46,30 @@ def test_batched_sampling_matches_one_by_one(trained):
         )
 
 
+def test_chunked_sampling_draws_the_same_whatever_the_threads(trained, monkeypatch):
+    import sbikit.posterior
+
+    _, _, posterior = trained
+    monkeypatch.setattr(sbikit.posterior, "_SAMPLE_CHUNK", 256)  # 100 samples: 2 observations per chunk
+    xs = torch.randn(9, 3)
+    threads = torch.get_num_threads()
+    draws = {}
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            draws[n] = posterior.sample(100, x=xs)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)
+    assert draws[1].shape == (100, 9, 3)
+    assert torch.equal(draws[1], draws[3])
+    # chunk by chunk, in order: the third chunk's draws come from the third draw of noise
+    torch.manual_seed(0)
+    noise = [posterior.distribution(part).noise((100,)) for part in xs.split(2)][2]
+    assert torch.equal(draws[1][:, 4:6], posterior.distribution(xs[4:6]).from_noise(noise))
+
+
 def test_forward_returns_a_distribution(trained):
     _, _, posterior = trained
     dist = posterior(torch.zeros(3))

@@ -4,66 +4,112 @@ A classifier is trained to tell samples of :math:`P` from samples of :math:`Q`;
 its held-out accuracy is 0.5 when :math:`P = Q` and approaches 1 as they
 separate. As in sbi's ``c2st``, features are z-scored by :math:`P`'s statistics
 and an MLP with two hidden layers of width :math:`10 D` is scored by k-fold
-cross-validation; here it is trained with torch, with early stopping on a slice
-of each training fold.
+cross-validation. The classifier is an estimator like any other: its ``loss`` is
+the binary cross-entropy per row, and :func:`sbikit.train.fit` trains it, with
+its validation split and early stopping.
 """
 
-__all__ = ["c2st"]
+__all__ = ["C2STResult", "c2st"]
 
+import dataclasses
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .._checks import check_count
 from ..data import as_float_tensor
+from ..train import TrainConfig, fit
+from ._plot import panels
 
 
-def _fit_classifier(x: Tensor, y: Tensor, width: int, generator: torch.Generator, max_epochs: int) -> nn.Module:
-    n_stop = max(1, len(x) // 10)
-    order = torch.randperm(len(x), generator=generator)
-    x_stop, y_stop = x[order[:n_stop]], y[order[:n_stop]]
-    x, y = x[order[n_stop:]], y[order[n_stop:]]
-    net = nn.Sequential(nn.Linear(x.shape[1], width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = nn.BCEWithLogitsLoss()
-    best, best_state, stale = float("inf"), None, 0
-    for _ in range(max_epochs):
-        perm = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 128):
-            index = perm[start : start + 128]
-            optimizer.zero_grad()
-            loss_fn(net(x[index]).squeeze(-1), y[index]).backward()
-            optimizer.step()
-        with torch.no_grad():
-            stop_loss = float(loss_fn(net(x_stop).squeeze(-1), y_stop))
-        if stop_loss < best - 1e-4:
-            best, stale = stop_loss, 0
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= 10:
-                break
-    net.load_state_dict(best_state)
-    return net
+class _Classifier(nn.Module):
+    r"""An MLP that returns the logit that a row comes from :math:`Q`, :math:`(B, D) \to (B,)`."""
+
+    def __init__(self, features: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(self(x), y, reduction="none")
 
 
-def c2st(p: Tensor, q: Tensor, folds: int = 5, seed: int = 0, max_epochs: int = 200) -> float:
+@dataclass(frozen=True, repr=False)
+class C2STResult:
+    r"""A classifier two-sample test.
+
+    Attributes:
+        accuracy: The held-out accuracy over all folds, in :math:`[0, 1]`; 0.5 means
+            indistinguishable. ``float(result)`` is the same number.
+        fold_accuracies: The accuracy on each fold, :math:`(k,)`.
+        probabilities: The held-out probability that each row comes from :math:`Q`,
+            :math:`(N + M,)`, :math:`P`'s rows first.
+        labels: 0 for :math:`P`'s rows, 1 for :math:`Q`'s, :math:`(N + M,)`.
+        seed: The seed of the folds and the training.
+    """
+
+    accuracy: float
+    fold_accuracies: np.ndarray
+    probabilities: np.ndarray
+    labels: np.ndarray
+    seed: int
+
+    def __float__(self) -> float:
+        return self.accuracy
+
+    def __repr__(self) -> str:
+        folds = ", ".join(f"{a:.3f}" for a in self.fold_accuracies)
+        return f"C2STResult(accuracy={self.accuracy:.3f}, folds=[{folds}], N={int((self.labels == 0).sum())}, " \
+               f"M={int((self.labels == 1).sum())})"
+
+    def plot(self, figure=None):
+        r"""Histograms of the held-out classifier probabilities for each sample. Returns the figure."""
+
+        figure, (ax,) = panels(1, figure, size=(3.8, 3.0))
+        bins = np.linspace(0, 1, 31)
+        ax.hist(self.probabilities[self.labels == 0], bins=bins, alpha=0.6, label="p")
+        ax.hist(self.probabilities[self.labels == 1], bins=bins, alpha=0.6, label="q")
+        ax.axvline(0.5, color="0.4", lw=0.8)
+        ax.set_xlabel("held-out P(row from q)")
+        ax.set_title(f"C2ST accuracy {self.accuracy:.3f}", fontsize=10)
+        ax.legend(fontsize=8)
+        return figure
+
+
+def c2st(
+    p: Tensor,
+    q: Tensor,
+    folds: int = 5,
+    seed: int = 0,
+    max_epochs: int = 200,
+    training: TrainConfig | None = None,
+) -> C2STResult:
     r"""Returns the cross-validated accuracy of a classifier between samples of two distributions.
 
     Arguments:
         p: Samples :math:`(N, D)`, for example from the reference posterior.
         q: Samples :math:`(M, D)`, for example from the estimate.
         folds: The number of cross-validation folds.
-        seed: Seeds the folds, the initialization and the shuffling.
+        seed: Seeds the folds, the initialization, the validation split and the shuffling.
         max_epochs: The most epochs per fold.
+        training: The classifier's training settings; by default batches of 128 at a learning
+            rate of 1e-3, stopping after 10 epochs without a better validation loss.
+            ``max_epochs`` and ``seed`` override its own.
 
     Returns:
-        The mean held-out accuracy, in :math:`[0, 1]`; 0.5 means indistinguishable.
+        A :class:`C2STResult`; ``result.accuracy`` is the mean held-out accuracy.
 
     Example:
         >>> a, b = torch.randn(500, 2), torch.randn(500, 2) + 3
-        >>> c2st(a, b, max_epochs=20) > 0.9
+        >>> c2st(a, b).accuracy > 0.9
         True
     """
 
@@ -73,21 +119,30 @@ def c2st(p: Tensor, q: Tensor, folds: int = 5, seed: int = 0, max_epochs: int = 
     folds = check_count(folds, "folds")
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}.")
+    max_epochs = check_count(max_epochs, "max_epochs")
+    if training is None:
+        training = TrainConfig(batch_size=128, learning_rate=1e-3, patience=10, average=0.0, show_progress=False)
+    elif not isinstance(training, TrainConfig):
+        raise TypeError(f"training must be a sbikit.TrainConfig, got {type(training).__name__}.")
     if not (torch.isfinite(p).all() and torch.isfinite(q).all()):
         raise ValueError("p and q must be finite.")
     mean, std = p.mean(0), p.std(0).clamp_min(1e-8)
     x = (torch.cat([p, q]) - mean) / std
     y = torch.cat([torch.zeros(len(p)), torch.ones(len(q))])
+    probabilities = torch.empty(len(x))
+    accuracies = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(x), generator=generator)
-        correct = 0
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         for k in range(folds):
             test = order[k::folds]
-            mask = torch.ones(len(x), dtype=torch.bool)
-            mask[test] = False
-            net = _fit_classifier(x[mask], y[mask], 10 * x.shape[1], generator, max_epochs)
+            train = torch.ones(len(x), dtype=torch.bool)
+            train[test] = False
+            classifier = _Classifier(x.shape[1], 10 * x.shape[1])
+            config = dataclasses.replace(training, max_epochs=max_epochs, seed=seed + k)
+            fit(classifier, (x[train], y[train]), config, name=f"c2st fold {k + 1}")
             with torch.no_grad():
-                correct += int(((net(x[test]).squeeze(-1) > 0).float() == y[test]).sum())
-    return correct / len(x)
+                probabilities[test] = torch.sigmoid(classifier(x[test]))
+            accuracies.append(float(((probabilities[test] > 0.5).float() == y[test]).float().mean()))
+    correct = ((probabilities > 0.5).float() == y).float().mean()
+    return C2STResult(float(correct), np.array(accuracies), probabilities.numpy(), y.numpy(), seed)

@@ -69,9 +69,11 @@ def training_data(prior: Distribution, data: object) -> Simulations:
             prior's support, or fewer than two simulations are valid.
     """
 
+    if not isinstance(data, Simulations) and callable(getattr(data, "simulations", None)):
+        data = data.simulations()  # a run on disk (sbikit.open_store), read into memory
     if not isinstance(data, Simulations):
         raise TypeError(
-            f"data must be sbikit.Simulations, got {type(data).__name__}; wrap tensors as "
+            f"data must be sbikit.Simulations or a store (sbikit.open_store), got {type(data).__name__}; wrap tensors as "
             "sbikit.Simulations(theta=theta, x=x)."
         )
     dim = prior.event_shape[0]

@@ -18,10 +18,14 @@ which :meth:`Likelihood.posterior` samples by MCMC (:class:`sbikit.MCMCPosterior
 The flow sees :math:`u = (T^{-1}(\theta) - \mu_\theta) / \sigma_\theta`, the
 standardized unconstrained parameters (through an optional embedding network), and
 models the z-scored, flattened observation :math:`z = (x - \mu_x) / \sigma_x`. As in
-NPE, a ridge regression :math:`z \approx B u` and the Cholesky factor :math:`L` of its
+NPE, a ridge regression :math:`z \approx B r` and the Cholesky factor :math:`L` of its
 residual covariance are computed before training, and the flow models
-:math:`L^{-1}(z - B u)` (``adjust=True``, the default): an exact map with a constant
-Jacobian, which leaves the flow only the non-linear part of the simulator.
+:math:`L^{-1}(z - B r)` (``adjust=True``, the default): an exact map with a constant
+Jacobian, which leaves the flow only the non-linear part of the simulator. The
+regressors :math:`r = (u, t)` are the standardized unconstrained parameters and the
+standardized parameters :math:`t` themselves: a simulator linear in :math:`\theta` on a
+bounded prior is linear in :math:`t` but not in :math:`u`, whose tails near the bounds
+would inflate the residual. The flow starts as the identity, at that Gaussian.
 """
 
 __all__ = ["NLE", "NLENetwork", "Likelihood"]
@@ -39,7 +43,7 @@ from torch.distributions import Distribution, TransformedDistribution
 from .. import io
 from .._checks import check_count, check_theta, check_x
 from ..data import Simulations
-from ..flows import coupling_flow
+from ..flows import coupling_flow, start_at_identity
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
@@ -55,41 +59,61 @@ _CHUNK = 2**16  # (parameter, observation) pairs per network call in log_prob
 class NLENetwork(nn.Module):
     r"""The trained part of NLE: standardization, an optional embedding and a conditional flow.
 
-    ``forward(u)`` returns :math:`q(z | u)` over z-scored, flattened observations
-    :math:`z` :math:`(*, X)`, with batch shape :math:`(*)` for standardized unconstrained
-    parameters :math:`u` :math:`(*, D)`.
+    ``forward(r)`` returns :math:`q(z | r)` over z-scored, flattened observations
+    :math:`z` :math:`(*, X)`, with batch shape :math:`(*)`, for :math:`r = (u, t)`
+    :math:`(*, D_u + D)`: the standardized unconstrained parameters :math:`u`, which
+    the flow is conditioned on (through the embedding, if any), and the standardized
+    parameters themselves, :math:`t`, which the regression adjustment also uses.
+    The flow starts as the identity (:func:`sbikit.flows.start_at_identity`): at the
+    adjustment's Gaussian.
 
     Arguments:
-        features: The number of parameters :math:`D`.
+        features: The number of unconstrained parameters :math:`D_u`.
         x_shape: The shape of one observation; the flow models its :math:`X` elements.
-        embedding: A network :math:`(B, D) \to (B, F)` for the parameters, or None.
+        embedding: A network :math:`(B, D_u) \to (B, F)` for the parameters, or None.
         flow: The flow builder ``flow(features, context)``.
+        theta_dim: The number of parameters :math:`D` (by default :math:`D_u`).
     """
 
-    def __init__(self, features: int, x_shape: Sequence[int], embedding: nn.Module | None, flow: Callable) -> None:
+    def __init__(self, features: int, x_shape: Sequence[int], embedding: nn.Module | None, flow: Callable,
+                 theta_dim: int | None = None) -> None:
         super().__init__()
         self.x_shape = Size(x_shape)
         size = self.x_shape.numel()
+        self.features = features
+        theta_dim = features if theta_dim is None else theta_dim
         self.embedding = embedding
         context = features if embedding is None else network_features(embedding, Size([features]), "embedding")
-        self.flow = flow(size, context)
+        self.flow = start_at_identity(flow(size, context))
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
+        self.register_buffer("bound_loc", torch.zeros(theta_dim))
+        self.register_buffer("bound_scale", torch.ones(theta_dim))
         self.register_buffer("x_loc", torch.zeros(size))
         self.register_buffer("x_scale", torch.ones(size))
-        # z = B u + L z': the regression adjustment
-        self.register_buffer("x_coef", torch.zeros(size, features))
+        # z = B r + L z': the regression adjustment on r = (u, t)
+        self.register_buffer("x_coef", torch.zeros(size, features + theta_dim))
         self.register_buffer("x_tril", torch.eye(size))
 
-    def forward(self, u: Tensor) -> Distribution:
+    def forward(self, r: Tensor) -> Distribution:
+        u = r[..., : self.features]
         context = u if self.embedding is None else self.embedding(u.reshape(-1, u.shape[-1])).reshape(*u.shape[:-1], -1)
-        shift = LowerAffineTransform(u @ self.x_coef.T, self.x_tril)
+        shift = LowerAffineTransform(r @ self.x_coef.T, self.x_tril)
         return TransformedDistribution(self.flow(context), [shift], validate_args=False)
 
-    def loss(self, u: Tensor, x: Tensor) -> Tensor:
-        r"""Returns :math:`-\log q(z | u)`, :math:`(B,)`, for flattened observations :math:`(B, X)`."""
+    def loss(self, r: Tensor, x: Tensor) -> Tensor:
+        r"""Returns :math:`-\log q(z | r)`, :math:`(B,)`, for flattened observations :math:`(B, X)`."""
 
-        return -self(u).log_prob((x - self.x_loc) / self.x_scale)
+        return -self(r).log_prob((x - self.x_loc) / self.x_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # files from before the regression on t have coefficients for u only
+        coef = state_dict.get(prefix + "x_coef")
+        if coef is not None and coef.shape[1] == self.features < self.x_coef.shape[1]:
+            state_dict[prefix + "x_coef"] = torch.cat((coef, coef.new_zeros(len(coef), self.x_coef.shape[1] - coef.shape[1])), 1)
+            for name in ("bound_loc", "bound_scale"):
+                state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Likelihood(io.Saveable):
@@ -116,7 +140,7 @@ class Likelihood(io.Saveable):
         return self.prior.event_shape[0]
 
     def _theta(self, theta: object) -> Tensor:
-        r"""Checks parameters :math:`(*, D)` and returns them standardized in unconstrained space."""
+        r"""Checks parameters :math:`(*, D)` and returns the network's input for them (see :meth:`standardize`)."""
 
         theta = check_theta(theta, self.theta_dim)
         outside = ~in_support(self.prior, theta)
@@ -129,10 +153,13 @@ class Likelihood(io.Saveable):
         return self.standardize(self.transform.inv(theta.double()).float())
 
     def standardize(self, u: Tensor) -> Tensor:
-        r"""Maps unconstrained parameters :math:`(*, D)` to the network's standardized space."""
+        r"""Maps unconstrained parameters :math:`(*, D_u)` to the network's input
+        :math:`r = (u, t)`, both standardized (differentiable in ``u``)."""
 
         net = self.network
-        return (u.to(net.theta_loc) - net.theta_loc) / net.theta_scale
+        u = u.to(net.theta_loc)
+        theta = self.transform(u.double()).to(u)
+        return torch.cat(((u - net.theta_loc) / net.theta_scale, (theta - net.bound_loc) / net.bound_scale), -1)
 
     def sample(self, num_samples: int, theta: object) -> Tensor:
         r"""Emulates the simulator: draws :math:`x \sim q(x | \theta)` in one pass of the flow.
@@ -206,7 +233,8 @@ class Likelihood(io.Saveable):
         """
 
         c, n = len(u), len(trials)
-        v = self.standardize(u).unsqueeze(-2).expand(c, n, u.shape[-1])
+        r = self.standardize(u)
+        v = r.unsqueeze(-2).expand(c, n, r.shape[-1])
         x = trials.reshape(1, n, -1).expand(c, n, self.x_shape.numel())
         return self._log_q(v, x).cpu()
 
@@ -247,8 +275,8 @@ class Likelihood(io.Saveable):
             raise ValueError("this likelihood was trained without an embedding network; load it without one.")
         builder = flow if flow is not None else functools.partial(io.rebuild, "flow", None, specs["flow"])
         features = from_unconstrained(prior, specs["intervals"]).inverse_shape(prior.event_shape)[-1]
-        likelihood = cls(prior, NLENetwork(features, config["x_shape"], embedding, builder),
-                         config["parameter_names"], specs)
+        network = NLENetwork(features, config["x_shape"], embedding, builder, prior.event_shape[0])
+        likelihood = cls(prior, network, config["parameter_names"], specs)
         likelihood.history = config.get("history", {})
         return likelihood
 
@@ -348,7 +376,7 @@ class NLE:
             torch.manual_seed(config.seed)
             embedding = copy.deepcopy(self.embedding)
             features = from_unconstrained(self.prior, INTERVALS).inverse_shape(self.prior.event_shape)[-1]
-            network = NLENetwork(features, data.x_shape, embedding, self.flow)
+            network = NLENetwork(features, data.x_shape, embedding, self.flow, self.prior.event_shape[0])
             specs = {
                 "prior": io.prior_spec(self.prior),
                 "prior_check": prior_fingerprint(self.prior),
@@ -364,13 +392,14 @@ class NLE:
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
             x = data.x.reshape(len(data), -1)
             for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
+                                         ((network.bound_loc, network.bound_scale), data.theta),
                                          ((network.x_loc, network.x_scale), x)):
                 mean, std = standardize(values)
                 loc.copy_(mean)
                 scale.copy_(std)
-            u = likelihood.standardize(u.float())
+            r = likelihood.standardize(u.float())
             if self.adjust and x.shape[1] <= MAX_ADJUSTED:
-                coef, tril = linear_adjustment((x - network.x_loc) / network.x_scale, u)
+                coef, tril = linear_adjustment((x - network.x_loc) / network.x_scale, r)
                 network.x_coef.copy_(coef)
                 network.x_tril.copy_(tril)
-        return likelihood, (u, x)
+        return likelihood, (r, x)

@@ -41,6 +41,7 @@ from ..flows import coupling_flow
 from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import AmortizedPosterior, SupportMappedDistribution
 from ..priors import from_unconstrained, prior_fingerprint
+from ..runs.stream import streamed
 from ..train import TrainConfig, Training
 from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 
@@ -170,6 +171,13 @@ class NPENetwork(nn.Module):
 
         return -self(x, mask).log_prob(u)
 
+    def batch_loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor | float:
+        r"""The summary network's term over the whole batch, ``summary.penalty(features)`` (for
+        example :class:`sbikit.diagnostics.MMDSummary`'s), or 0 for a summary without one."""
+
+        penalty = getattr(self.summary, "penalty", None)
+        return 0.0 if penalty is None else penalty(self.embed(x, mask))
+
 
 class NPEPosterior(AmortizedPosterior):
     r"""A posterior trained by :class:`NPE`.
@@ -202,6 +210,19 @@ class NPEPosterior(AmortizedPosterior):
     def distribution(self, x: Tensor) -> Distribution:
         net = self.network
         return SupportMappedDistribution(net(x), net.theta_loc, net.theta_scale, self.transform, self.prior)
+
+    def summarize(self, x: object) -> Tensor:
+        r"""Returns what the flow learns from observations :math:`(*, *x\_shape) \to (*, F)`, on
+        the CPU: the summary network's features, and the regression adjustment's linear
+        prediction :math:`B z` when there is one (the diagnostics test misspecification there)."""
+
+        x, _ = self._x(x)
+        net = self.network
+        with torch.no_grad():
+            features = [net.embed(x)]
+            if net.theta_coef.shape[1]:
+                features.append(((x - net.x_loc) / net.x_scale) @ net.theta_coef.T)
+        return torch.cat(features, -1).cpu()
 
     def unconstrain(self, theta: Tensor) -> Tensor:
         r"""Maps parameters :math:`(*, D)` to the flow's standardized space."""
@@ -294,14 +315,15 @@ class NPE:
     def fit(self, data: Simulations) -> NPEPosterior:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
 
-        data = training_data(self.prior, data)
+        stream = streamed(data)  # a store larger than memory: trained on in chunks read from disk
+        data = training_data(self.prior, data if stream is None else stream.sample())
         choices = [self.adjust] if self.adjust != "auto" else [True, False]
         if _num_regressors(data.x_shape) == 0:
             choices = [False]  # no regressors: nothing to adjust
         runs = {}
         for adjust in choices:
             name = "training" if len(choices) == 1 else f"training ({'' if adjust else 'un'}adjusted)"
-            runs[adjust] = self._start(data, adjust, name)
+            runs[adjust] = self._start(data, adjust, name, stream)
         chosen = choices[0]
         if len(runs) > 1:
             # a race on the same split: both run the first epochs of their schedule in step, until
@@ -326,8 +348,9 @@ class NPE:
             }
         return posterior
 
-    def _start(self, data: Simulations, adjust: bool, name: str) -> tuple[NPEPosterior, Training]:
-        r"""Builds a posterior for ``data`` and its training run, not yet advanced."""
+    def _start(self, data: Simulations, adjust: bool, name: str, stream=None) -> tuple[NPEPosterior, Training]:
+        r"""Builds a posterior for ``data`` and its training run, not yet advanced (on ``stream``,
+        a :class:`sbikit.runs.stream.StoreStream`, if given; ``data`` is then a sample of it)."""
 
         config = self.training
         with torch.random.fork_rng(devices=[]):
@@ -365,4 +388,7 @@ class NPE:
                 network.theta_coef.copy_(coef)
                 network.theta_tril.copy_(tril)
             tensors = (u, data.x) if structure is None else (u, data.x, data.mask)
+            if stream is not None:
+                tensors = copy.copy(stream)
+                tensors.transform = lambda theta, x: (posterior.unconstrain(theta), x)
             return posterior, Training(network, tensors, config, name)

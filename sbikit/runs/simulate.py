@@ -1,9 +1,13 @@
-r"""Running a user's simulator over draws from the prior.
+r"""Running a user's simulator over draws from the prior: a loop over chunks.
 
-A run is a loop over chunks of consecutive indices. :func:`run_chunk` is a pure
-function of the simulator, the prior, the root seed and the indices: it draws the
-chunk's parameters, runs the simulator and returns parameters, outputs and
-failures, so the result of a chunk never depends on the chunks around it.
+A run draws all :math:`N` parameter vectors first, each from its own seed (and,
+with ``store=``, writes them to disk before any simulation starts). It then hands
+chunks of consecutive indices to an executor (this process, local processes, or a
+Dask cluster; see :mod:`sbikit.runs.executors`), each of which runs the pure chunk
+function :func:`~sbikit.runs.chunk.run_chunk`, and writes each result as it
+arrives: to memory, or as one shard of the store (:mod:`sbikit.runs.store`). So
+:math:`x` is the same whatever the number of workers, the chunk size, the order or
+the retries, and a resumed run equals one that was never interrupted.
 
 Where a simulation's randomness comes from (see :mod:`sbikit.runs.seeds`):
 
@@ -18,295 +22,177 @@ batched numpy                  numpy's global generator               no: seeded
 =============================  =====================================  ==============================
 """
 
-__all__ = ["Chunk", "run_chunk", "simulate"]
+__all__ = ["SimulationError", "simulate"]
 
 import collections
-import contextlib
+import functools
+import hashlib
+import inspect
+import json
 import numpy as np
-import random
+import threading
+import time
 import torch
 import warnings
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from .randomness import RowStreams, warn_unattributed
-from .seeds import NUMPY, PRIOR, PYTHON, TORCH, mix64, root_seed, simulation_seeds, stream_keys
+from .chunk import Chunk, _batch_seed, _check_shapes, _isolated_global_generators, draw_prior, run_chunk  # noqa: F401
+from .executors import DaskExecutor, ProcessExecutor, SerialExecutor, Task, preflight
+from .randomness import warn_unattributed
+from .seeds import root_seed, simulation_seed, simulation_seeds
+from .store import SCHEMA, Store, versions
 from .._checks import check_count
-from ..data import Failure, Simulations, as_float_tensor
-from ..priors import check_prior
+from ..data import STATUSES, Failure, Simulations
+from ..priors import check_prior, prior_fingerprint
+
+_THETA_BLOCK = 100_000  # parameters are drawn up front in blocks of this many rows
+# a record's status, as its index in sbikit.data.STATUSES
+_CODES = {kind: STATUSES.index(Failure(0, kind).status) for kind in ("nan", "inf", "exception", "timeout", "crashed")}
 
 
-@dataclass
-class Chunk:
-    r"""The result of simulations ``start`` to ``start + len(theta) - 1``.
-
-    Arguments:
-        theta: The parameters, :math:`(n, D)`.
-        x: The outputs, :math:`(n, *)` with NaN rows where a simulation failed, or
-            None when every simulation of the chunk raised.
-        failures: The failed simulations.
-        unattributed: Whether torch draws without a batch dimension were made.
-        global_draws: Whether a batched simulator drew from numpy's or Python's
-            global generator, which cannot be split per row.
-    """
-
-    theta: Tensor
-    x: Tensor | None
-    failures: list[Failure] = field(default_factory=list)
-    unattributed: bool = False
-    global_draws: bool = False
-
-
-def _batch_seed(keys: np.ndarray, size: int) -> int:
-    r"""A seed for draws that belong to a whole batch: its first key and its size."""
-
-    return int(mix64(keys[:1] ^ np.uint64(size))[0] >> np.uint64(1))
-
-
-def draw_prior(prior: Distribution, seeds: np.ndarray) -> Tensor:
-    r"""Draws :math:`\theta_i` from each simulation's prior stream, :math:`(n, D)`.
-
-    The draw is vectorized; a prior whose sampler makes draws without a leading
-    batch dimension is drawn again row by row, so that :math:`\theta_i` never
-    depends on the batch.
-    """
-
-    keys = stream_keys(seeds, PRIOR)
-    mode = RowStreams(keys, _batch_seed(keys, len(keys)))
-    with torch.no_grad(), mode:
-        theta = prior.sample((len(keys),))
-    if not mode.unattributed:
-        return theta
-    rows = []
-    for i in range(len(keys)):
-        with torch.no_grad(), RowStreams(keys[i : i + 1], _batch_seed(keys[i : i + 1], 1)):
-            rows.append(prior.sample((1,)))
-    return torch.cat(rows)
-
-
-@contextlib.contextmanager
-def _isolated_global_generators() -> Iterator[None]:
-    r"""Lets the block seed torch's, numpy's and ``random``'s global generators,
-    and restores them after."""
-
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
-
-
-def _generator(key: int, numpy: bool):
-    if numpy:
-        return np.random.Generator(np.random.PCG64(key))
-    return torch.Generator().manual_seed(key)
-
-
-def _error(index: int, error: Exception) -> Failure:
-    return Failure(index, "exception", f"{type(error).__name__}: {error}")
-
-
-class _Runner:
-    r"""Calls the simulator on one chunk and turns its outputs into rows."""
-
-    def __init__(self, simulator: Callable, batched: bool, numpy: bool, rng: bool) -> None:
-        self.simulator = simulator
-        self.batched = batched
-        self.numpy = numpy
-        self.rng = rng
-        self.global_draws = False
-
-    def _call(self, theta: Tensor | np.ndarray, rng: object) -> object:
-        return self.simulator(theta, rng) if self.rng else self.simulator(theta)
-
-    def _arguments(self, theta: Tensor) -> Tensor | np.ndarray:
-        return theta.double().numpy() if self.numpy else theta
-
-    def unbatched(self, theta: Tensor, seeds: np.ndarray, start: int) -> tuple[list, list[Failure]]:
-        torch_keys, numpy_keys, python_keys = (stream_keys(seeds, s).tolist() for s in (TORCH, NUMPY, PYTHON))
-        arguments = list(self._arguments(theta)) if self.numpy else theta.unbind()
-        outputs, failures = [], []
-        for k in range(len(theta)):
-            torch.default_generator.manual_seed(torch_keys[k])
-            # numpy's legacy global generator takes 32-bit seeds; rng=True gives 64-bit ones
-            np.random.seed(numpy_keys[k] & 0xFFFFFFFF)
-            random.seed(python_keys[k])
-            rng = _generator(numpy_keys[k] if self.numpy else torch_keys[k], self.numpy) if self.rng else None
-            try:
-                outputs.append(self._call(arguments[k], rng))
-            except Exception as error:  # noqa: BLE001 - recorded as a failed simulation
-                outputs.append(None)
-                failures.append(_error(start + k, error))
-        return _as_rows(outputs, failures, start), failures
-
-    def _invoke(self, theta: Tensor, seeds: np.ndarray) -> tuple[Tensor, bool]:
-        torch_keys = stream_keys(seeds, TORCH)
-        size = len(seeds)
-        np.random.seed(_batch_seed(stream_keys(seeds, NUMPY), size) & 0xFFFFFFFF)
-        random.seed(_batch_seed(stream_keys(seeds, PYTHON), size))
-        rng = None
-        if self.rng:
-            keys = stream_keys(seeds, NUMPY if self.numpy else TORCH).tolist()
-            rng = [_generator(key, self.numpy) for key in keys]
-        mode = RowStreams(torch_keys, _batch_seed(torch_keys, size))
-        before = _global_fingerprint()
-        with mode:
-            out = self._call(self._arguments(theta), rng)
-        self.global_draws |= _global_fingerprint() != before
-        out = as_float_tensor(out, "the simulator's output")
-        if out.ndim == 0 or out.shape[0] != size:
-            got = "a scalar" if out.ndim == 0 else f"{out.shape[0]} rows (shape {tuple(out.shape)})"
-            raise _RowCountError(
-                f"the simulator returned {got} for a batch of {size} parameter sets; a batched "
-                "simulator must return one row per row of theta (pass batched=False for a function "
-                "of one parameter vector)."
-            )
-        return (out.unsqueeze(-1) if out.ndim == 1 else out), mode.unattributed
-
-    def batched_call(self, theta: Tensor, seeds: np.ndarray, start: int) -> tuple[Tensor | list, list[Failure], bool]:
-        r"""Runs a batch; if it raises, runs its rows one by one so only failing rows are lost."""
-
-        try:
-            out, unattributed = self._invoke(theta, seeds)
-        except _RowCountError:
-            raise
-        except Exception:  # noqa: BLE001 - a failing batch is retried row by row
-            pass
-        else:
-            return out, [], unattributed
-        rows, failures, unattributed = [], [], False
-        for k in range(len(theta)):
-            try:
-                out, flag = self._invoke(theta[k : k + 1], seeds[k : k + 1])
-            except Exception as error:  # noqa: BLE001 - recorded as a failed simulation
-                rows.append(None)
-                failures.append(_error(start + k, error))
-            else:
-                rows.append(out[0])
-                unattributed |= flag
-        return rows, failures, unattributed
-
-
-def _as_rows(outputs: list, failures: list[Failure], start: int) -> Tensor | list:
-    r"""Converts one output per simulation (None where it raised) to float tensors.
-
-    Outputs of one type and shape are stacked in one conversion; otherwise each is
-    converted on its own, and one that is not numeric is recorded as a failure.
-    """
-
-    done = [out for out in outputs if out is not None]
-    if done and len(done) == len(outputs):
-        kind = type(done[0])
-        if kind in (np.ndarray, Tensor) and all(type(o) is kind and o.shape == done[0].shape for o in done):
-            try:
-                stacked = as_float_tensor(np.stack(done) if kind is np.ndarray else torch.stack(done), "the simulator's output")
-            except TypeError:
-                pass
-            else:
-                return stacked.unsqueeze(-1) if stacked.ndim == 1 else stacked
-    rows = []
-    for k, out in enumerate(outputs):
-        if out is None:
-            rows.append(None)
-            continue
-        try:
-            out = as_float_tensor(out, "the simulator's output")
-        except TypeError as error:
-            rows.append(None)
-            failures.append(_error(start + k, error))
-        else:
-            rows.append(out.reshape(1) if out.ndim == 0 else out)
-    return rows
-
-
-class _RowCountError(ValueError):
-    r"""A batched simulator returned the wrong number of rows: a bug, not a failed simulation."""
-
-
-def _global_fingerprint() -> tuple:
-    r"""Identifies the state of numpy's and Python's global generators."""
-
-    state = np.random.get_state()
-    return state[1].tobytes(), state[2], random.getstate()
-
-
-def _check_shapes(shapes: set) -> torch.Size:
-    if len(shapes) > 1:
-        raise ValueError(
-            f"the simulator returned outputs of shapes {sorted(tuple(s) for s in shapes)}; every "
-            "simulation must return the same shape (pad variable-size outputs)."
-        )
-    return next(iter(shapes))
-
-
-def _assemble(rows: Tensor | list, failures: list[Failure], start: int) -> Tensor | None:
-    r"""Stacks the rows (a list with None for failures, or a whole batch), with NaN
-    rows for failures, and records non-finite outputs."""
-
-    if isinstance(rows, Tensor):
-        x = rows
-    else:
-        shapes = {row.shape for row in rows if row is not None}
-        if not shapes:
-            return None
-        nan = torch.full(_check_shapes(shapes), torch.nan)
-        x = torch.stack([nan if row is None else row for row in rows])
-    finite = torch.isfinite(x.flatten(1))
-    failed = {f.index for f in failures}
-    for k in (~finite.all(1)).nonzero().flatten().tolist():
-        if start + k not in failed:
-            kind = "nan" if bool(torch.isnan(x[k]).any()) else "inf"
-            failures.append(Failure(start + k, kind, f"output contains {'NaN' if kind == 'nan' else 'inf'}"))
-    failures.sort(key=lambda f: f.index)
-    return x
-
-
-def run_chunk(
-    simulator: Callable,
-    prior: Distribution,
-    root: int,
-    start: int,
-    stop: int,
-    *,
-    batched: bool = True,
-    numpy: bool = False,
-    rng: bool = False,
-) -> Chunk:
-    r"""Runs simulations ``start`` to ``stop - 1`` of the run with root seed ``root``.
-
-    The global random generators of torch, numpy and ``random`` are left as they were.
-    See :func:`simulate` for the arguments.
-    """
-
-    seeds = simulation_seeds(root, np.arange(start, stop))
-    theta = draw_prior(prior, seeds)
-    runner = _Runner(simulator, batched, numpy, rng)
-    with _isolated_global_generators():
-        if batched:
-            rows, failures, unattributed = runner.batched_call(theta, seeds, start)
-        else:
-            rows, failures = runner.unbatched(theta, seeds, start)
-            unattributed = False
-    x = _assemble(rows, failures, start)
-    return Chunk(theta, x, failures, unattributed, runner.global_draws)
+class SimulationError(RuntimeError):
+    r"""A run stopped: a simulation raised under ``on_error="raise"``, or too many failed."""
 
 
 def _summary(failures: list[Failure], total: int) -> str:
     kinds = collections.Counter(f.kind for f in failures)
     text = (
         f"{len(failures)} of {total} simulations failed ({kinds['exception']} raised, "
-        f"{kinds['nan']} returned NaN, {kinds['inf']} returned inf); they are recorded in "
-        "Simulations.failures and excluded from training."
+        f"{kinds['nan']} returned NaN, {kinds['inf']} returned inf"
+        + (f", {kinds['timeout']} timed out" if kinds["timeout"] else "")
+        + (f", {kinds['crashed']} crashed" if kinds["crashed"] else "")
+        + "); they are recorded in Simulations.failures and excluded from training."
     )
     messages = collections.Counter(f.message.splitlines()[0] if f.message else f.kind for f in failures)
     common = "; ".join(f"{count} x {message}" for message, count in messages.most_common(3))
     return f"{text} Most common: {common}."
+
+
+def simulator_fingerprint(simulator: Callable) -> dict:
+    r"""Names a simulator and hashes its source, to recognize it when a store is resumed."""
+
+    if isinstance(simulator, functools.partial):
+        inner = simulator_fingerprint(simulator.func)
+        extra = repr((simulator.args, sorted(simulator.keywords.items())))
+        return {"name": f"partial({inner['name']})", "code": hashlib.sha256((inner["code"] + extra).encode()).hexdigest()[:16]}
+    target = simulator if inspect.isfunction(simulator) or inspect.ismethod(simulator) else type(simulator)
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(simulator, "__code__", None)
+        source = repr((code.co_code, code.co_consts)) if code is not None else name
+    return {"name": name, "code": hashlib.sha256(source.encode()).hexdigest()[:16]}
+
+
+class _Memory:
+    r"""Where a run without a store keeps its chunks: the same calls as :class:`Store`."""
+
+    def __init__(self, theta: Tensor, chunk_size: int) -> None:
+        self.theta, self.chunk_size = theta, chunk_size
+        self.num_simulations = len(theta)
+        self.claim_ttl = 1.0
+        self.chunks: dict[int, tuple[Chunk, list[Failure]]] = {}
+        self.done = np.zeros(len(theta), dtype=bool)
+
+    def done_mask(self) -> np.ndarray:
+        return self.done
+
+    def claim(self, cell: int) -> bool:
+        return True
+
+    def release(self, cell: int) -> None:
+        pass
+
+    def theta_rows(self, start: int, stop: int) -> Tensor:
+        return self.theta[start:stop]
+
+    def write(self, start: int, chunk: Chunk, failures: list[Failure]) -> None:
+        self.chunks[start] = (chunk, failures)
+        self.done[start : start + len(chunk)] = True
+
+    def result(self, root: int) -> tuple[Tensor | None, list[Failure], bool, bool]:
+        chunks = [self.chunks[k][0] for k in sorted(self.chunks)]
+        failures = [f for k in sorted(self.chunks) for f in self.chunks[k][1]]
+        shapes = {c.x.shape[1:] for c in chunks if c.x is not None}
+        x = None
+        if shapes:
+            shape = _check_shapes(shapes)
+            x = torch.cat([c.x if c.x is not None else torch.full((len(c), *shape), torch.nan) for c in chunks])
+        return x, failures, any(c.unattributed for c in chunks), any(c.global_draws for c in chunks)
+
+
+def _write(sink, task: Task, chunk: Chunk, failures: list[Failure]) -> None:
+    if isinstance(sink, _Memory):
+        sink.write(task.start, chunk, failures)
+        return
+    status = np.zeros(len(task), np.uint8)
+    for f in failures:
+        status[f.index - task.start] = _CODES[f.kind]
+    sink.write_shard(
+        task.start, None if chunk.x is None else chunk.x.numpy(), status, chunk.durations, chunk.attempts, failures,
+        {"unattributed": chunk.unattributed, "global_draws": chunk.global_draws},
+    )
+
+
+def _claimable_tasks(sink, owned: dict[int, int]) -> Iterator[Task]:
+    r"""Claims the cells with missing simulations that no live process holds, and yields their runs."""
+
+    n, size = sink.num_simulations, sink.chunk_size
+    done = sink.done_mask()
+    missing = np.flatnonzero(~done)
+    for cell in np.unique(missing // size * size).tolist():
+        if cell in owned or not sink.claim(cell):
+            continue
+        stop = min(cell + size, n)
+        # another process may have finished the cell before it let the claim go: look again
+        left = ~sink.done_mask()[cell:stop]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], left.astype(np.int8), [0]])))
+        runs = [(cell + int(a), cell + int(b)) for a, b in zip(edges[::2], edges[1::2])]
+        if not runs:
+            sink.release(cell)
+            continue
+        owned[cell] = len(runs)
+        for start, stop in runs:
+            yield Task(cell, start, stop, sink.theta_rows(start, stop))
+
+
+def _executor(function: Callable, simulator: Callable, prior: Distribution, root: int, n: int, options: dict,
+              workers: int, executor: object, timeout: float | None, retries: int):
+    if executor is None and workers == 1 and timeout is None:
+        return SerialExecutor(function)
+    # pre-flight: a pickle round trip, and a couple of simulations here, where a traceback is clean
+    # (not under a timeout, which only a worker process can enforce)
+    payload = preflight(function, simulator)
+    probe = run_chunk(simulator, prior, root, 0, min(2, n), **options) if timeout is None else None
+    if probe is not None and len(probe.failures) == len(probe.theta) and probe.error is not None:
+        raise SimulationError(
+            f"the first {len(probe.theta)} simulations raised in this process before fanning out; "
+            f"simulation 0 (seed {simulation_seed(root, 0)}) raised {type(probe.error).__name__}: {probe.error}"
+        ) from probe.error
+    if executor is not None:
+        return DaskExecutor(executor, payload, timeout, retries, options["batched"])
+    return ProcessExecutor(payload, workers, timeout, retries, options["batched"])
+
+
+def _is_dask_client(executor: object) -> bool:
+    return any(c.__module__.startswith("distributed") and c.__name__ == "Client" for c in type(executor).__mro__)
+
+
+class _Heartbeat(threading.Thread):
+    r"""Touches the store's claims while the run holds them."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(daemon=True)
+        self.store, self.stopped = store, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.store.claim_ttl / 4):
+            self.store.refresh_claims()
 
 
 def simulate(
@@ -320,12 +206,19 @@ def simulate(
     rng: bool = False,
     batch_size: int = 1000,
     show_progress: bool | None = None,
+    store: str | None = None,
+    workers: int = 1,
+    executor: object = None,
+    timeout: float | None = None,
+    on_error: str = "record",
+    max_failure_fraction: float = 1.0,
+    retries: int = 1,
 ) -> Simulations:
     r"""Draws parameters from the prior and runs the simulator on them.
 
     Simulation :math:`i` takes its parameters and its noise from streams derived
     from its own seed (:func:`sbikit.runs.simulation_seed`), so the same ``seed``
-    gives the same simulations whatever ``batch_size``:
+    gives the same simulations whatever ``batch_size``, ``workers`` or executor:
 
     - a batched torch simulator draws from torch's global functions, which are
       split into one stream per row;
@@ -338,8 +231,12 @@ def simulate(
     - a batched simulator that draws from numpy's or Python's global generator is
       reproducible for a fixed batch size only, and a warning says so.
 
-    Simulations that raise, or return NaN or inf, are recorded in
-    :attr:`Simulations.failures`, kept as NaN rows, and excluded by estimators.
+    Simulations that raise, return NaN or inf, time out or crash their worker are
+    recorded in :attr:`Simulations.failures`, kept as NaN rows, and excluded by
+    estimators. With ``store=``, the run lives in a directory (see
+    :func:`sbikit.open_store`): an interrupted call with the same arguments resumes
+    and runs only the missing simulations, a finished one is read back, and one with
+    another seed, simulator or prior is refused.
 
     Arguments:
         simulator: A function of parameters :math:`(B, D) \to (B, *)` when
@@ -352,11 +249,32 @@ def simulate(
         batched: Whether ``simulator`` takes a batch of parameter vectors.
         numpy: Whether ``simulator`` takes numpy arrays (float64) instead of tensors.
         rng: Whether ``simulator`` takes a second argument, its random generator(s).
-        batch_size: The number of simulations per call (or per progress step).
+        batch_size: The number of simulations per chunk: per batched call, per task
+            sent to a worker, and per shard of a store (a store keeps the chunk size
+            it was made with).
         show_progress: Whether to show a progress bar; None shows one on a terminal.
+        store: A directory that holds the run on disk; None keeps it in memory.
+        workers: The number of local worker processes (spawned); 1 runs in this process.
+        executor: A ``dask.distributed.Client`` to run the chunks on (``pip install
+            sbikit[dask]``), instead of local workers.
+        timeout: Seconds a simulator call may take before its worker process is
+            killed and replaced (a batched call that runs past it is split into calls
+            of one simulation). With ``workers=1`` the run then uses one worker process.
+        on_error: ``"record"`` records simulations that raise; ``"raise"`` stops the
+            run at the first, naming its index and seed.
+        max_failure_fraction: Stops the run early, with a summary of the most common
+            errors, once more than this share of the simulations run so far (at least
+            100) has failed.
+        retries: How many times a simulation that timed out or crashed its worker
+            is run again. A simulation that raises is not: its seed fixes the outcome.
 
     Returns:
         The simulations, with :math:`\theta` :math:`(N, D)` and :math:`x` :math:`(N, *)`.
+
+    Raises:
+        SimulationError: Under ``on_error="raise"``, or past ``max_failure_fraction``.
+        sbikit.runs.StoreError: If ``store`` holds a run with other arguments.
+        sbikit.runs.StoreWriteError: If the store cannot be written (a full disk).
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -375,6 +293,11 @@ def simulate(
             )
         if not (batched and not numpy and not rng):
             raise TypeError(f"batched, numpy and rng do not apply to a {type(simulator).__name__}.")
+        if store is not None or workers != 1 or executor is not None or timeout is not None or on_error != "record":
+            raise TypeError(
+                f"store, workers, executor, timeout and on_error are not supported for a {type(simulator).__name__} "
+                "yet; it runs in this process, in memory."
+            )
         return simulator.simulate(num_simulations, seed=seed, batch_size=batch_size, show_progress=show_progress)
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
@@ -383,26 +306,62 @@ def simulate(
     prior = check_prior(prior)
     num_simulations = check_count(num_simulations, "num_simulations")
     batch_size = check_count(batch_size, "batch_size")
+    workers = check_count(workers, "workers")
+    retries = _check_retries(retries)
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"on_error must be 'record' or 'raise', got {on_error!r}.")
+    if isinstance(max_failure_fraction, bool) or not isinstance(max_failure_fraction, (int, float)) or not (
+        0 <= max_failure_fraction <= 1
+    ):
+        raise ValueError(f"max_failure_fraction must be a number in [0, 1], got {max_failure_fraction!r}.")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
+    if executor is not None and not _is_dask_client(executor):
+        raise TypeError(f"executor must be a dask.distributed.Client, got {type(executor).__name__}.")
+    if executor is not None and workers != 1:
+        raise ValueError("pass workers= or executor=, not both: a Dask client brings its own workers.")
     root = root_seed(seed)
     options = {"batched": bool(batched), "numpy": bool(numpy), "rng": bool(rng)}
 
-    chunks = []
-    disable = None if show_progress is None else not show_progress
-    with tqdm(total=num_simulations, desc="simulating", unit="sim", disable=disable) as bar:
-        for start in range(0, num_simulations, batch_size):
-            stop = min(start + batch_size, num_simulations)
-            chunks.append(run_chunk(simulator, prior, root, start, stop, **options))
-            bar.update(stop - start)
+    def theta_blocks() -> Iterator[Tensor]:
+        for start in range(0, num_simulations, _THETA_BLOCK):
+            stop = min(start + _THETA_BLOCK, num_simulations)
+            yield draw_prior(prior, simulation_seeds(root, np.arange(start, stop)))
 
-    failures = [f for c in chunks for f in c.failures]
-    shapes = {c.x.shape[1:] for c in chunks if c.x is not None}
-    if not shapes:
+    if store is None:
+        sink = _Memory(torch.cat(list(theta_blocks())), batch_size)
+    else:
+        manifest = json.loads(json.dumps({
+            "schema": SCHEMA,
+            "seed": root,
+            "num_simulations": num_simulations,
+            "chunk_size": batch_size,
+            "simulator": simulator_fingerprint(simulator),
+            "prior": prior_fingerprint(prior),
+            "options": options,
+            "versions": versions(),
+        }))
+        sink = Store.create(store, manifest, theta_blocks())
+        sink.verify()
+    function = functools.partial(run_chunk, simulator, prior, root, **options)
+    done = int(sink.done_mask().sum())
+    if done < num_simulations:
+        _run(sink, function, simulator, prior, root, options, workers, executor, timeout, retries, on_error,
+             max_failure_fraction, show_progress, done)
+
+    if isinstance(sink, _Memory):
+        x, failures, unattributed, global_draws = sink.result(root)
+    else:
+        shards = list(sink.shards())
+        unattributed = any(bool(f["unattributed"]) for _, _, f in shards)
+        global_draws = any(bool(f["global_draws"]) for _, _, f in shards)
+        failures = list(sink.failures)
+        x = sink.x if any(bool(f["has_x"]) for _, _, f in shards) else None
+    if x is None:
         raise RuntimeError(f"all {num_simulations} simulations raised an exception. {_summary(failures, num_simulations)}")
-    x_shape = _check_shapes(shapes)
-    x = torch.cat([c.x if c.x is not None else torch.full((len(c.theta), *x_shape), torch.nan) for c in chunks])
-    if any(c.unattributed for c in chunks):
+    if unattributed:
         warn_unattributed()
-    if any(c.global_draws for c in chunks):
+    if global_draws:
         warnings.warn(
             "the batched simulator drew from numpy's or Python's global random generator, which "
             "sbikit seeds once per batch: these simulations are reproducible for this batch size "
@@ -413,4 +372,71 @@ def simulate(
         )
     if failures:
         warnings.warn(_summary(failures, num_simulations), RuntimeWarning, stacklevel=2)
-    return Simulations(theta=torch.cat([c.theta for c in chunks]), x=x, seed=root, failures=tuple(failures))
+    theta = sink.theta
+    return Simulations(theta=theta, x=x, seed=root, failures=tuple(failures))
+
+
+def _check_retries(retries: object) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
+        raise ValueError(f"retries must be a non-negative int, got {retries!r}.")
+    return int(retries)
+
+
+def _run(sink, function, simulator, prior, root, options, workers, executor, timeout, retries, on_error,
+         max_failure_fraction, show_progress, done) -> None:
+    r"""Runs the missing simulations of ``sink`` and writes each chunk as it arrives."""
+
+    n = sink.num_simulations
+    runner = _executor(function, simulator, prior, root, n, options, workers, executor, timeout, retries)
+    heartbeat = None if isinstance(sink, _Memory) else _Heartbeat(sink)
+    if heartbeat is not None:
+        heartbeat.start()
+    owned: dict[int, int] = {}
+    ran, failed = 0, []
+    disable = None if show_progress is None else not show_progress
+    bar = tqdm(total=n, initial=done, desc="simulating", unit="sim", disable=disable)
+    try:
+        while True:
+            progressed = False
+            for task, chunk in runner.run(_claimable_tasks(sink, owned)):
+                progressed = True
+                attempts = chunk.attempts if chunk.attempts is not None else np.ones(len(task), np.uint8)
+                failures = [
+                    Failure(f.index, f.kind, f.message, f.error_type, int(attempts[f.index - task.start]))
+                    if f.kind not in ("timeout", "crashed") else f
+                    for f in chunk.failures
+                ]
+                raised = [f for f in failures if f.kind == "exception"]
+                if on_error == "raise" and raised:
+                    first = raised[0]
+                    where = f"\n\nIn the worker:\n{chunk.traceback}" if chunk.traceback and chunk.error is None else ""
+                    raise SimulationError(
+                        f"simulation {first.index} (seed {simulation_seed(root, first.index)}) raised "
+                        f"{first.message}{where}"
+                    ) from chunk.error
+                _write(sink, task, chunk, failures)
+                owned[task.cell] -= 1
+                if owned[task.cell] == 0:
+                    del owned[task.cell]
+                    sink.release(task.cell)
+                ran += len(task)
+                failed += failures
+                bar.update(len(task))
+                if failed:
+                    bar.set_postfix(failed=len(failed), refresh=False)
+                if ran >= min(n, 100) and len(failed) > max_failure_fraction * ran:
+                    raise SimulationError(
+                        f"stopped early: {len(failed)} of the {ran} simulations run so far failed, more than "
+                        f"max_failure_fraction={max_failure_fraction}. {_summary(failed, ran)} Fix the simulator "
+                        "(the finished chunks are kept in the store, if any), or raise max_failure_fraction."
+                    )
+            if sink.done_mask().all():
+                break
+            if not progressed:  # the missing cells are held by other processes: wait for them
+                time.sleep(min(1.0, sink.claim_ttl / 10))
+    finally:
+        bar.close()
+        runner.close()
+        if heartbeat is not None:
+            heartbeat.stopped.set()
+            sink.release_all()

@@ -1,0 +1,131 @@
+r"""Calibration of trained posteriors: SBC p-values and the largest coverage gap.
+
+- The default NPE, trained on ``two_moons`` and ``gaussian_linear``: the SBC p-values per
+  parameter and joint (Holm-adjusted, the smallest shown per kind), whether SBC passes at
+  0.05, the largest gap of the HPD coverage curve, and TARP's ATC and p-value, on test
+  simulations that were not trained on.
+- The reliability of the verdicts: the exact posterior of ``gaussian_linear``, and versions
+  that are over-confident (sd x 0.5), under-confident (sd x 2) or biased (mean + 1 sd), over
+  many test sets: how often SBC passes and how large the coverage gap gets.
+
+Run it from the repository root::
+
+    python benchmarks/calibration.py            # 10,000 training simulations, 1,000 test pairs, 20 test sets
+    python benchmarks/calibration.py --quick    # smoke test
+"""
+
+import argparse
+import time
+import numpy as np
+import torch
+
+from torch.distributions import Independent, Normal
+
+import sbikit
+
+from sbikit import diagnostics as dx
+from sbikit.simulators import gaussian_linear, two_moons
+
+
+class Analytic:
+    r"""The exact posterior of gaussian_linear, its sd times ``scale`` and its mean moved by ``shift`` sds."""
+
+    parameter_names = gaussian_linear.PARAMETER_NAMES
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
+        self.scale, self.shift = scale, shift
+
+    def q(self, x):
+        exact = gaussian_linear.posterior(torch.as_tensor(x))
+        return Independent(Normal(exact.mean + self.shift * exact.stddev, self.scale * exact.stddev), 1)
+
+    def sample(self, n, x):
+        return self.q(x).sample((n,))
+
+    def log_prob(self, theta, x):
+        return self.q(x).log_prob(theta)
+
+
+def _row(label: str, posterior, test, seed: int) -> str:
+    sbc = dx.sbc(posterior, test, seed=seed)
+    cov = dx.coverage(posterior, test, seed=seed)
+    tarp = dx.tarp(posterior, test, seed=seed)
+    params = sbc.p_values[:-1]
+    return (
+        f"| {label} | {len(test):,} | {params.min():.3g} ({sbc.names[int(params.argmin())]}) | "
+        f"{sbc.p_values[-1]:.3g} | {'yes' if sbc.passed else 'no'} | {cov.max_gap:.3f} at {cov.worst_level:.2f} | "
+        f"{tarp.atc:+.3f} | {tarp.p_value:.3g} |"
+    )
+
+
+def trained(num_simulations: int, num_test: int, seed: int) -> list[str]:
+    lines = []
+    for module in (two_moons, gaussian_linear):
+        name = module.__name__.rsplit(".", 1)[-1]
+        prior = module.prior()
+        data = sbikit.simulate(module.simulator, prior, num_simulations, seed=seed, show_progress=False)
+        start = time.perf_counter()
+        posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+        seconds = time.perf_counter() - start
+        test = sbikit.simulate(module.simulator, prior, num_test, seed=seed + 1_000_000, show_progress=False)
+        lines.append(_row(f"{name}, NPE on {num_simulations:,} ({seconds:.0f} s)", posterior, test, seed))
+        print(lines[-1], flush=True)
+    return lines
+
+
+def reliability(num_test: int, num_sets: int) -> list[str]:
+    cases = {
+        "exact": Analytic(),
+        "over-confident (sd x 0.5)": Analytic(scale=0.5),
+        "under-confident (sd x 2)": Analytic(scale=2.0),
+        "biased (mean + 1 sd)": Analytic(shift=1.0),
+        "slightly over-confident (sd x 0.8)": Analytic(scale=0.8),
+        "slightly biased (mean + 0.3 sd)": Analytic(shift=0.3),
+    }
+    lines = []
+    prior = gaussian_linear.prior()
+    tests = [
+        sbikit.simulate(gaussian_linear.simulator, prior, num_test, seed=100 + s, show_progress=False)
+        for s in range(num_sets)
+    ]
+    for label, posterior in cases.items():
+        passed, gaps, tarps = [], [], []
+        for s, test in enumerate(tests):
+            passed.append(dx.sbc(posterior, test, seed=s).passed)
+            gaps.append(dx.coverage(posterior, test, seed=s).max_gap)
+            tarps.append(dx.tarp(posterior, test, seed=s).passed)
+        lines.append(
+            f"| {label} | {np.mean(passed):.2f} | {np.mean(gaps):.3f} | {np.max(gaps):.3f} | {np.mean(tarps):.2f} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets, to smoke-test the script")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    num_simulations, num_test, num_sets = (1_000, 200, 3) if args.quick else (10_000, 1_000, 20)
+    header = [
+        "| posterior | test pairs | smallest SBC p, parameters (Holm) | SBC p, joint | SBC passed | "
+        "largest coverage gap | TARP ATC | TARP p |",
+        "|:--|--:|--:|--:|:--|--:|--:|--:|",
+    ]
+    rows = trained(num_simulations, num_test, args.seed)
+    exact = _row("gaussian_linear, exact", Analytic(), sbikit.simulate(
+        gaussian_linear.simulator, gaussian_linear.prior(), num_test, seed=args.seed + 1_000_000, show_progress=False
+    ), args.seed)
+    print("\n".join(header + rows + [exact]))
+    print()
+    print(f"gaussian_linear over {num_sets} test sets of {num_test:,} pairs (200 draws each):")
+    lines = reliability(num_test, num_sets)
+    print("\n".join([
+        "| posterior | SBC pass rate | mean largest coverage gap | worst largest gap | TARP pass rate |",
+        "|:--|--:|--:|--:|--:|",
+        *lines,
+    ]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+r"""One chunk of a simulation run: the unit of work of every executor.
+
+A run is a loop over chunks of consecutive indices. :func:`run_chunk` is a pure
+function of the simulator, the prior, the root seed and the indices: it draws the
+chunk's parameters (or takes them, drawn up front by the run), runs the simulator
+and returns parameters, outputs, failures and the time each simulation took, so
+the result of a chunk never depends on the chunks around it, on the process that
+runs it, or on the attempt.
+
+Where a simulation's randomness comes from (see :mod:`sbikit.runs.seeds`):
+
+=============================  =====================================  ==============================
+simulator style                draws from                             same data for any batch size
+=============================  =====================================  ==============================
+batched torch                  torch's global functions               yes: each row gets its own stream
+unbatched torch or numpy       torch's, numpy's and ``random``'s      yes: seeded per simulation
+                               global generators
+``rng=True``                   the generator(s) passed as ``rng``     yes: one generator per simulation
+batched numpy                  numpy's global generator               no: seeded per batch; warns
+=============================  =====================================  ==============================
+"""
+
+__all__ = ["Chunk", "draw_prior", "run_chunk"]
+
+import contextlib
+import numpy as np
+import random
+import threading
+import time
+import torch
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .randomness import RowStreams
+from .seeds import NUMPY, PRIOR, PYTHON, TORCH, mix64, simulation_seeds, stream_keys
+from ..data import Failure, as_float_tensor
+
+# Chunks seed torch's, numpy's and random's global generators (an unbatched simulator draws from
+# them): threads of one process (Dask's threaded workers) take turns, so no chunk sees another's seeds.
+_GLOBAL_STATE = threading.RLock()
+
+
+@dataclass
+class Chunk:
+    r"""The result of simulations ``start`` to ``start + len(theta) - 1``.
+
+    Arguments:
+        theta: The parameters, :math:`(n, D)`.
+        x: The outputs, :math:`(n, *)` with NaN rows where a simulation failed, or
+            None when every simulation of the chunk raised.
+        failures: The failed simulations.
+        unattributed: Whether torch draws without a batch dimension were made.
+        global_draws: Whether a batched simulator drew from numpy's or Python's
+            global generator, which cannot be split per row.
+        durations: Seconds per simulation, :math:`(n,)` (a batched call's time is
+            shared equally by its rows).
+        error: The first exception the simulator raised, for a traceback in the
+            process that ran it; None elsewhere.
+        traceback: That exception's formatted traceback, which travels between processes.
+        attempts: Which attempt produced each simulation's result, :math:`(n,)`; set by executors.
+    """
+
+    theta: Tensor
+    x: Tensor | None
+    failures: list[Failure] = field(default_factory=list)
+    unattributed: bool = False
+    global_draws: bool = False
+    durations: np.ndarray | None = None
+    error: BaseException | None = None
+    traceback: str = ""
+    attempts: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+
+def _batch_seed(keys: np.ndarray, size: int) -> int:
+    r"""A seed for draws that belong to a whole batch: its first key and its size."""
+
+    return int(mix64(keys[:1] ^ np.uint64(size))[0] >> np.uint64(1))
+
+
+def draw_prior(prior: Distribution, seeds: np.ndarray) -> Tensor:
+    r"""Draws :math:`\theta_i` from each simulation's prior stream, :math:`(n, D)`.
+
+    The draw is vectorized; a prior whose sampler makes draws without a leading
+    batch dimension is drawn again row by row, so that :math:`\theta_i` never
+    depends on the batch.
+    """
+
+    keys = stream_keys(seeds, PRIOR)
+    mode = RowStreams(keys, _batch_seed(keys, len(keys)))
+    with torch.no_grad(), mode:
+        theta = prior.sample((len(keys),))
+    if not mode.unattributed:
+        return theta
+    rows = []
+    for i in range(len(keys)):
+        with torch.no_grad(), RowStreams(keys[i : i + 1], _batch_seed(keys[i : i + 1], 1)):
+            rows.append(prior.sample((1,)))
+    return torch.cat(rows)
+
+
+@contextlib.contextmanager
+def _isolated_global_generators() -> Iterator[None]:
+    r"""Lets the block seed torch's, numpy's and ``random``'s global generators,
+    and restores them after."""
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
+def _generator(key: int, numpy: bool):
+    if numpy:
+        return np.random.Generator(np.random.PCG64(key))
+    return torch.Generator().manual_seed(key)
+
+
+def _error(index: int, error: Exception) -> Failure:
+    return Failure(index, "exception", f"{type(error).__name__}: {error}", type(error).__name__)
+
+
+class _Runner:
+    r"""Calls the simulator on one chunk and turns its outputs into rows."""
+
+    def __init__(self, simulator: Callable, batched: bool, numpy: bool, rng: bool,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.simulator = simulator
+        self.batched = batched
+        self.numpy = numpy
+        self.rng = rng
+        self.global_draws = False
+        self.progress = progress
+        self.error: BaseException | None = None
+        self.durations: np.ndarray | None = None
+
+    def _failed(self, index: int, error: Exception) -> Failure:
+        if self.error is None:
+            self.error = error
+        return _error(index, error)
+
+    def _call(self, theta: Tensor | np.ndarray, rng: object) -> object:
+        return self.simulator(theta, rng) if self.rng else self.simulator(theta)
+
+    def _arguments(self, theta: Tensor) -> Tensor | np.ndarray:
+        return theta.double().numpy() if self.numpy else theta
+
+    def unbatched(self, theta: Tensor, seeds: np.ndarray, start: int) -> tuple[list, list[Failure]]:
+        torch_keys, numpy_keys, python_keys = (stream_keys(seeds, s).tolist() for s in (TORCH, NUMPY, PYTHON))
+        arguments = list(self._arguments(theta)) if self.numpy else theta.unbind()
+        outputs, failures = [], []
+        self.durations = durations = np.zeros(len(theta))
+        for k in range(len(theta)):
+            torch.default_generator.manual_seed(torch_keys[k])
+            # numpy's legacy global generator takes 32-bit seeds; rng=True gives 64-bit ones
+            np.random.seed(numpy_keys[k] & 0xFFFFFFFF)
+            random.seed(python_keys[k])
+            rng = _generator(numpy_keys[k] if self.numpy else torch_keys[k], self.numpy) if self.rng else None
+            began = time.perf_counter()
+            try:
+                outputs.append(self._call(arguments[k], rng))
+            except Exception as error:  # noqa: BLE001 - recorded as a failed simulation
+                outputs.append(None)
+                failures.append(self._failed(start + k, error))
+            durations[k] = time.perf_counter() - began
+            if self.progress is not None:
+                self.progress(k + 1)
+        return _as_rows(outputs, failures, start), failures
+
+    def _invoke(self, theta: Tensor, seeds: np.ndarray) -> tuple[Tensor, bool]:
+        torch_keys = stream_keys(seeds, TORCH)
+        size = len(seeds)
+        np.random.seed(_batch_seed(stream_keys(seeds, NUMPY), size) & 0xFFFFFFFF)
+        random.seed(_batch_seed(stream_keys(seeds, PYTHON), size))
+        rng = None
+        if self.rng:
+            keys = stream_keys(seeds, NUMPY if self.numpy else TORCH).tolist()
+            rng = [_generator(key, self.numpy) for key in keys]
+        mode = RowStreams(torch_keys, _batch_seed(torch_keys, size))
+        before = _global_fingerprint()
+        with mode:
+            out = self._call(self._arguments(theta), rng)
+        self.global_draws |= _global_fingerprint() != before
+        out = as_float_tensor(out, "the simulator's output")
+        if out.ndim == 0 or out.shape[0] != size:
+            got = "a scalar" if out.ndim == 0 else f"{out.shape[0]} rows (shape {tuple(out.shape)})"
+            raise _RowCountError(
+                f"the simulator returned {got} for a batch of {size} parameter sets; a batched "
+                "simulator must return one row per row of theta (pass batched=False for a function "
+                "of one parameter vector)."
+            )
+        return (out.unsqueeze(-1) if out.ndim == 1 else out), mode.unattributed
+
+    def batched_call(self, theta: Tensor, seeds: np.ndarray, start: int) -> tuple[Tensor | list, list[Failure], bool]:
+        r"""Runs a batch; if it raises, runs its rows one by one so only failing rows are lost."""
+
+        began = time.perf_counter()
+        try:
+            out, unattributed = self._invoke(theta, seeds)
+        except _RowCountError:
+            raise
+        except Exception:  # noqa: BLE001 - a failing batch is retried row by row
+            pass
+        else:
+            self.durations = np.full(len(theta), (time.perf_counter() - began) / len(theta))
+            if self.progress is not None:
+                self.progress(len(theta))
+            return out, [], unattributed
+        rows, failures, unattributed = [], [], False
+        self.durations = durations = np.zeros(len(theta))
+        for k in range(len(theta)):
+            began = time.perf_counter()
+            try:
+                out, flag = self._invoke(theta[k : k + 1], seeds[k : k + 1])
+            except Exception as error:  # noqa: BLE001 - recorded as a failed simulation
+                rows.append(None)
+                failures.append(self._failed(start + k, error))
+            else:
+                rows.append(out[0])
+                unattributed |= flag
+            durations[k] = time.perf_counter() - began
+            if self.progress is not None:
+                self.progress(k + 1)
+        return rows, failures, unattributed
+
+
+def _as_rows(outputs: list, failures: list[Failure], start: int) -> Tensor | list:
+    r"""Converts one output per simulation (None where it raised) to float tensors.
+
+    Outputs of one type and shape are stacked in one conversion; otherwise each is
+    converted on its own, and one that is not numeric is recorded as a failure.
+    """
+
+    done = [out for out in outputs if out is not None]
+    if done and len(done) == len(outputs):
+        kind = type(done[0])
+        if kind in (np.ndarray, Tensor) and all(type(o) is kind and o.shape == done[0].shape for o in done):
+            try:
+                stacked = as_float_tensor(np.stack(done) if kind is np.ndarray else torch.stack(done), "the simulator's output")
+            except TypeError:
+                pass
+            else:
+                return stacked.unsqueeze(-1) if stacked.ndim == 1 else stacked
+    rows = []
+    for k, out in enumerate(outputs):
+        if out is None:
+            rows.append(None)
+            continue
+        try:
+            out = as_float_tensor(out, "the simulator's output")
+        except TypeError as error:
+            rows.append(None)
+            failures.append(_error(start + k, error))
+        else:
+            rows.append(out.reshape(1) if out.ndim == 0 else out)
+    return rows
+
+
+class _RowCountError(ValueError):
+    r"""A batched simulator returned the wrong number of rows: a bug, not a failed simulation."""
+
+
+def _global_fingerprint() -> tuple:
+    r"""Identifies the state of numpy's and Python's global generators."""
+
+    state = np.random.get_state()
+    return state[1].tobytes(), state[2], random.getstate()
+
+
+def _check_shapes(shapes: set) -> torch.Size:
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the simulator returned outputs of shapes {sorted(tuple(s) for s in shapes)}; every "
+            "simulation must return the same shape (pad variable-size outputs)."
+        )
+    return next(iter(shapes))
+
+
+def _assemble(rows: Tensor | list, failures: list[Failure], start: int) -> Tensor | None:
+    r"""Stacks the rows (a list with None for failures, or a whole batch), with NaN
+    rows for failures, and records non-finite outputs."""
+
+    if isinstance(rows, Tensor):
+        x = rows
+    else:
+        shapes = {row.shape for row in rows if row is not None}
+        if not shapes:
+            return None
+        nan = torch.full(_check_shapes(shapes), torch.nan)
+        x = torch.stack([nan if row is None else row for row in rows])
+    finite = torch.isfinite(x.flatten(1))
+    failed = {f.index for f in failures}
+    for k in (~finite.all(1)).nonzero().flatten().tolist():
+        if start + k not in failed:
+            kind = "nan" if bool(torch.isnan(x[k]).any()) else "inf"
+            failures.append(Failure(start + k, kind, f"output contains {'NaN' if kind == 'nan' else 'inf'}"))
+    failures.sort(key=lambda f: f.index)
+    return x
+
+
+def run_chunk(
+    simulator: Callable,
+    prior: Distribution,
+    root: int,
+    start: int,
+    stop: int,
+    *,
+    theta: Tensor | None = None,
+    batched: bool = True,
+    numpy: bool = False,
+    rng: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Chunk:
+    r"""Runs simulations ``start`` to ``stop - 1`` of the run with root seed ``root``.
+
+    The global random generators of torch, numpy and ``random`` are left as they were.
+    See :func:`sbikit.simulate` for the arguments.
+
+    Arguments:
+        theta: The chunk's parameters, :math:`(stop - start, D)`, as drawn up front by
+            the run; None draws them here (the same values).
+        progress: Called with the number of simulations done so far in the chunk,
+            after each simulator call (a worker's heartbeat, for timeouts).
+
+    Example:
+        >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+        >>> chunk = run_chunk(lambda t: 2 * t, prior, root=0, start=5, stop=8)
+        >>> torch.equal(chunk.x, 2 * chunk.theta), chunk.durations.shape
+        (True, (3,))
+    """
+
+    seeds = simulation_seeds(root, np.arange(start, stop))
+    if theta is None:
+        theta = draw_prior(prior, seeds)
+    runner = _Runner(simulator, batched, numpy, rng, progress)
+    with _GLOBAL_STATE, _isolated_global_generators():
+        if batched:
+            rows, failures, unattributed = runner.batched_call(theta, seeds, start)
+        else:
+            rows, failures = runner.unbatched(theta, seeds, start)
+            unattributed = False
+    x = _assemble(rows, failures, start)
+    return Chunk(theta, x, failures, unattributed, runner.global_draws, runner.durations, runner.error)

@@ -1,0 +1,425 @@
+r"""A run on disk: a manifest, the parameters, and immutable checksummed result shards.
+
+A store is a directory::
+
+    manifest.json        schema, root seed, N, simulator and prior fingerprints, options, versions
+    theta.npy            all N parameter vectors, written before any simulation starts
+    shards/              <start>-<stop>.<sha256 prefix>.npz: outputs and one record per simulation
+    claims/              <cell>.claim: which process is running a cell, refreshed while it runs
+    quarantine/          shards that failed their checksum, and temporary files left by a crash
+
+Every file is written to a temporary file, fsynced and renamed into place, so a
+reader sees a whole file or none. A shard is complete if and only if it exists and
+the SHA-256 of its bytes starts with the digest in its name. Shards are ``.npz``
+files read with ``allow_pickle=False``: numpy's own format, readable anywhere numpy
+is, append-only by construction (a new shard is a new file), and with no
+dependency beyond numpy; zarr and HDF5 would add a dependency and, for HDF5, a
+single file that a crash mid-write can corrupt.
+
+Cells of the run's grid (``chunk_size`` consecutive indices, fixed by the manifest)
+are the unit of claims (:mod:`sbikit.runs.claims`): a process claims a cell before
+running it and lets go after the cell's shard is in place, and a dead process's claim
+is taken over, so two processes resuming one store run every index once.
+"""
+
+__all__ = ["Store", "StoreError", "StoreWriteError", "open_store"]
+
+import errno
+import hashlib
+import io
+import json
+import numpy as np
+import os
+import platform
+import re
+import torch
+import uuid
+
+from collections.abc import Iterator
+from pathlib import Path
+from torch import Tensor
+
+from .claims import Claims
+from ..data import STATUSES, Failure, Simulations
+
+SCHEMA = 1
+_SHARD = re.compile(r"^(\d{12})-(\d{12})\.([0-9a-f]{16})\.npz$")
+_DIGEST = 16
+KINDS = ("nan", "inf", "exception", "timeout", "crashed")
+
+
+class StoreError(RuntimeError):
+    r"""A store cannot be used for this run: it holds another run, or is incomplete."""
+
+
+class StoreWriteError(OSError):
+    r"""A file of the store could not be written (a full disk, say); nothing partial is left visible."""
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes, replace: bool = True) -> bool:
+    r"""Writes ``data`` to ``path`` through a fsynced temporary file and a rename.
+
+    With ``replace=False`` an existing ``path`` is kept (a hard link, which fails if it
+    exists) and False is returned.
+
+    Raises:
+        StoreWriteError: If the disk is full or the write fails; the temporary file is removed.
+    """
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
+        return True
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        hint = " The disk is full: free space and run again; finished shards are kept." if error.errno == errno.ENOSPC else ""
+        raise StoreWriteError(error.errno, f"could not write {path}: {error.strerror or error}.{hint}") from error
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:_DIGEST]
+
+
+def _json(value: object) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
+def versions() -> dict:
+    import sbikit
+
+    return {"sbikit": sbikit.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    r"""What differs between a store's manifest and this run, in words."""
+
+    out = []
+    if old["seed"] != new["seed"]:
+        out.append(f"the seed ({old['seed']} in the store, {new['seed']} here)")
+    if old["num_simulations"] != new["num_simulations"]:
+        out.append(f"num_simulations ({old['num_simulations']} in the store, {new['num_simulations']} here)")
+    if old["simulator"] != new["simulator"]:
+        a, b = old["simulator"], new["simulator"]
+        what = f"{a['name']} and {b['name']}" if a["name"] != b["name"] else f"{a['name']}, whose code changed"
+        out.append(f"the simulator ({what})")
+    if old["prior"] != new["prior"]:
+        out.append(f"the prior ({old['prior']['repr']} in the store, {new['prior']['repr']} here)")
+    if old["options"] != new["options"]:
+        out.append(f"the simulator options ({old['options']} in the store, {new['options']} here)")
+    return out
+
+
+class Store:
+    r"""A simulation run on disk, read lazily; open one with :func:`open_store`.
+
+    ``len(store)`` is the run's number of simulations :math:`N`; ``store.theta``
+    :math:`(N, D)` and ``store.x`` :math:`(N, *)` are read on first access (NaN rows for
+    failed simulations, and for simulations not run yet); ``store.failures`` and
+    ``store.records`` describe every simulation. ``sbikit.NPE(prior).fit(store)``
+    trains on it.
+
+    Arguments:
+        path: The run's directory.
+        claim_ttl: Seconds after which a claim that is not refreshed is taken over.
+    """
+
+    def __init__(self, path: str | os.PathLike, claim_ttl: float = 300.0) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{self.path} is not a simulation store (it has no manifest.json).")
+        self.manifest = json.loads(manifest.read_text())
+        if self.manifest.get("schema") != SCHEMA:
+            raise StoreError(f"{self.path} has store schema {self.manifest.get('schema')}; this sbikit reads {SCHEMA}.")
+        self.claims = Claims(self.path / "claims", claim_ttl)
+        self.claim_ttl = claim_ttl
+        self._cache: dict = {}
+
+    # ---- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, manifest: dict, theta: "Iterator[Tensor]", claim_ttl: float = 300.0) -> "Store":
+        r"""Opens the store at ``path`` for the run that ``manifest`` describes, creating it if needed.
+
+        ``theta`` yields the run's parameters in order; it is drawn only for a new store.
+
+        Raises:
+            StoreError: If ``path`` holds a run with another seed, simulator, prior or options.
+        """
+
+        path = Path(path)
+        if not (path / "manifest.json").is_file():
+            for sub in ("shards", "claims", "quarantine"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            if not (path / "theta.npy").is_file():
+                buffer = io.BytesIO()
+                # the parameters are identical in every process that gets here, so a replace is safe
+                np.save(buffer, torch.cat(list(theta)).numpy())
+                atomic_write(path / "theta.npy", buffer.getvalue())
+            # the manifest comes last: a store with a manifest has its parameters
+            atomic_write(path / "manifest.json", _json(manifest), replace=False)
+        store = cls(path, claim_ttl)
+        differs = _differences(store.manifest, manifest)
+        if differs:
+            raise StoreError(
+                f"{path} holds another run, and this call differs in {'; '.join(differs)}. Pass another "
+                "store directory, or the arguments the store was made with."
+            )
+        return store
+
+    # ---- shards ---------------------------------------------------------------------------
+
+    @property
+    def num_simulations(self) -> int:
+        return int(self.manifest["num_simulations"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.manifest["chunk_size"])
+
+    def __len__(self) -> int:
+        return self.num_simulations
+
+    def _shard_files(self) -> list[tuple[int, int, Path]]:
+        out = []
+        for entry in os.scandir(self.path / "shards"):
+            match = _SHARD.match(entry.name)
+            if match:
+                out.append((int(match[1]), int(match[2]), Path(entry.path)))
+        return sorted(out)
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        target = self.path / "quarantine" / f"{path.name}.{uuid.uuid4().hex[:6]}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:  # another process moved it first
+            return
+        atomic_write(target.with_name(target.name + ".why"), reason.encode() + b"\n")
+
+    def verify(self) -> None:
+        r"""Moves shards whose checksum fails, and temporary files that no live claim
+        is writing, to ``quarantine/``; what they held is simulated again."""
+
+        for start, stop, path in self._shard_files():
+            if digest(path.read_bytes()) != _SHARD.match(path.name)[3]:
+                self._quarantine(path, "checksum mismatch")
+        live = set(self.claims.live())
+        for entry in os.scandir(self.path / "shards"):
+            if entry.name.endswith(".tmp"):
+                cell = re.match(r"^\.(\d{12})-", entry.name)
+                if cell is None or int(cell[1]) // self.chunk_size * self.chunk_size not in live:
+                    self._quarantine(Path(entry.path), "temporary file left by an interrupted write")
+        self._cache.clear()
+
+    def done_mask(self) -> np.ndarray:
+        r"""Whether each simulation has a result in a shard, :math:`(N,)` booleans."""
+
+        done = np.zeros(self.num_simulations, dtype=bool)
+        for start, stop, _ in self._shard_files():
+            done[start:stop] = True
+        return done
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done_mask().all())
+
+    def write_shard(self, start: int, x: np.ndarray | None, status: np.ndarray, duration: np.ndarray,
+                    attempt: np.ndarray, failures: list[Failure], flags: dict) -> Path:
+        r"""Writes the results of simulations ``start`` to ``start + len(status) - 1`` as one shard.
+
+        Raises:
+            StoreWriteError: If it cannot be written; no partial shard is left visible.
+        """
+
+        stop = start + len(status)
+        fields = {
+            "x": np.full(len(status), np.nan, np.float32) if x is None else np.ascontiguousarray(x, np.float32),
+            "has_x": np.array(x is not None),
+            "status": status.astype(np.uint8),
+            "duration": duration.astype(np.float32),
+            "attempt": attempt.astype(np.uint8),
+            "failure_index": np.array([f.index for f in failures], np.int64),
+            "failure_kind": np.array([KINDS.index(f.kind) for f in failures], np.uint8),
+            "failure_type": np.array([f.error_type for f in failures], dtype=str),
+            "failure_message": np.array([f.message for f in failures], dtype=str),
+            "failure_attempt": np.array([f.attempt for f in failures], np.uint8),
+            "unattributed": np.array(bool(flags.get("unattributed"))),
+            "global_draws": np.array(bool(flags.get("global_draws"))),
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **fields)
+        data = buffer.getvalue()
+        path = self.path / "shards" / f"{start:012d}-{stop:012d}.{digest(data)}.npz"
+        atomic_write(path, data)
+        self._cache.clear()
+        return path
+
+    def _read(self, path: Path) -> dict:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+
+    def shards(self) -> Iterator[tuple[int, int, dict]]:
+        r"""Yields ``(start, stop, fields)`` for each shard, in index order."""
+
+        for start, stop, path in self._shard_files():
+            yield start, stop, self._read(path)
+
+    # ---- lazily read contents -------------------------------------------------------------
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+    @property
+    def theta(self) -> Tensor:
+        r"""The parameters of all :math:`N` simulations, :math:`(N, D)`."""
+
+        if "theta" not in self._cache:
+            self._cache["theta"] = torch.from_numpy(np.load(self.path / "theta.npy", allow_pickle=False))
+        return self._cache["theta"]
+
+    def theta_rows(self, start: int, stop: int) -> Tensor:
+        r"""Parameters ``start`` to ``stop - 1``, read without loading the rest."""
+
+        array = np.load(self.path / "theta.npy", mmap_mode="r", allow_pickle=False)
+        return torch.from_numpy(np.array(array[start:stop]))
+
+    @property
+    def x_shape(self) -> tuple[int, ...] | None:
+        for _, _, fields in self.shards():
+            if fields["has_x"]:
+                return tuple(fields["x"].shape[1:])
+        return None
+
+    @property
+    def x(self) -> Tensor:
+        r"""The outputs, :math:`(N, *)`: NaN rows where a simulation failed or has not run yet."""
+
+        if "x" not in self._cache:
+            shape = self.x_shape
+            if shape is None:
+                raise StoreError(f"{self.path} holds no successful simulation yet.")
+            x = torch.full((self.num_simulations, *shape), torch.nan)
+            for start, stop, fields in self.shards():
+                if fields["has_x"]:
+                    if tuple(fields["x"].shape[1:]) != shape:
+                        raise StoreError(f"shard {start}-{stop} of {self.path} has outputs of shape "
+                                         f"{fields['x'].shape[1:]}, others {shape}.")
+                    x[start:stop] = torch.from_numpy(fields["x"])
+            self._cache["x"] = x
+        return self._cache["x"]
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        r"""The failed simulations, in index order."""
+
+        out = []
+        for _, _, f in self.shards():
+            for i, kind, kind_type, message, attempt in zip(
+                f["failure_index"].tolist(), f["failure_kind"].tolist(), f["failure_type"].tolist(),
+                f["failure_message"].tolist(), f["failure_attempt"].tolist(),
+            ):
+                out.append(Failure(i, KINDS[kind], message, kind_type, attempt))
+        return tuple(out)
+
+    @property
+    def records(self) -> dict[str, np.ndarray]:
+        r"""One record per simulation run so far: ``index``, ``status`` (a name from
+        ``"ok"``, ``"invalid"``, ``"error"``, ``"timeout"``, ``"crashed"``), ``duration``
+        (seconds) and ``attempt``, as arrays."""
+
+        parts = {"index": [], "status": [], "duration": [], "attempt": []}
+        for start, stop, f in self.shards():
+            parts["index"].append(np.arange(start, stop))
+            parts["status"].append(f["status"])
+            parts["duration"].append(f["duration"])
+            parts["attempt"].append(f["attempt"])
+        out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        out["status"] = np.array(STATUSES, dtype=str)[out["status"].astype(int)] if len(out["index"]) else np.zeros(0, str)
+        return out
+
+    def simulations(self) -> Simulations:
+        r"""Reads the whole run into memory as :class:`sbikit.Simulations`.
+
+        Raises:
+            StoreError: If simulations are missing (run ``simulate`` again with the
+                same arguments to finish it).
+        """
+
+        missing = int((~self.done_mask()).sum())
+        if missing:
+            raise StoreError(
+                f"{self.path} is missing {missing} of {self.num_simulations} simulations; call sbikit.simulate "
+                "with the arguments it was made with (and store=) to finish it."
+            )
+        return Simulations(theta=self.theta, x=self.x, seed=self.seed, failures=self.failures)
+
+    def __repr__(self) -> str:
+        done = int(self.done_mask().sum())
+        return f"Store({str(self.path)!r}, n={self.num_simulations}, done={done}, seed={self.seed})"
+
+    # ---- claims (see sbikit.runs.claims) --------------------------------------------------
+
+    def claim(self, cell: int) -> bool:
+        return self.claims.claim(cell)
+
+    def release(self, cell: int) -> None:
+        self.claims.release(cell)
+
+    def refresh_claims(self) -> None:
+        self.claims.refresh()
+
+    def release_all(self) -> None:
+        self.claims.release_all()
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    r"""Opens a simulation store that :func:`sbikit.simulate` wrote with ``store=path``.
+
+    Example:
+        >>> import tempfile
+        >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> data = sbikit.simulate(lambda t: 2 * t, prior, 10, seed=0, store=path)
+        >>> store = sbikit.open_store(path)
+        >>> len(store), store.failures, torch.equal(store.x, data.x)
+        (10, (), True)
+    """
+
+    return Store(path)

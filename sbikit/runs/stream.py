@@ -1,0 +1,167 @@
+r"""Training from a store larger than memory: its rows in shuffled chunks of shards.
+
+A :class:`StoreStream` holds out whole shards for validation (kept in memory, at most
+``max_validation`` rows or 16 MiB), and each epoch reads the other shards in a random
+order into a buffer of about ``buffer_rows`` rows (at most 32 MiB), shuffles the buffer
+and yields batches from it. Memory then stays near the buffer's size whatever the store's; the
+shuffling is over a buffer, not the whole run, which for shards of a few thousand
+i.i.d. simulations mixes as well. Rows that failed are skipped.
+
+:func:`streamed` decides: a store whose rows would take more than a quarter of the
+memory this process may use is streamed; a smaller one is read into memory.
+"""
+
+__all__ = ["StoreStream", "streamed"]
+
+import numpy as np
+import os
+import torch
+
+from collections.abc import Callable, Iterator
+from torch import Tensor
+
+from .store import Store
+from ..data import Simulations
+
+
+def memory_limit() -> int:
+    r"""The bytes this process may still use: the address-space limit, if set, or the free memory."""
+
+    limits = []
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        soft = None
+    else:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        soft = None if soft == resource.RLIM_INFINITY else soft
+    if soft is not None:
+        try:
+            with open("/proc/self/statm") as statm:
+                used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            used = 0
+        limits.append(max(soft - used, 0))
+    try:  # Linux: free memory plus what the page cache would give back
+        with open("/proc/meminfo") as meminfo:
+            limits.append(next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable")) * 1024)
+    except (OSError, ValueError, StopIteration):
+        try:
+            limits.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    return min(limits) if limits else 2**62
+
+
+class StoreStream:
+    r"""The valid rows of a complete store, for :class:`sbikit.train.Training`.
+
+    Arguments:
+        store: A complete store.
+        validation_fraction: The share of shards held out for validation.
+        seed: Seeds the choice of validation shards.
+        buffer_rows: The rows read and shuffled together.
+        max_validation: The most validation rows kept.
+    """
+
+    def __init__(self, store: Store, validation_fraction: float = 0.1, seed: int = 0, buffer_rows: int = 100_000,
+                 max_validation: int = 50_000) -> None:
+        row = 4 * (store.theta_rows(0, 1).shape[1] + int(np.prod(store.x_shape or ())))
+        buffer_rows = min(buffer_rows, max(1, 32 * 2**20 // row))
+        max_validation = self.max_sample = min(max_validation, max(1000, 16 * 2**20 // row))
+        self.store, self.buffer_rows = store, buffer_rows
+        self.transform: Callable[[Tensor, Tensor], tuple[Tensor, ...]] = lambda theta, x: (theta, x)
+        self.shards = [(start, stop, path) for start, stop, path in store._shard_files()]
+        self.theta_file = np.load(store.path / "theta.npy", mmap_mode="r", allow_pickle=False)
+        counts = [self._valid(path).sum() for _, _, path in self.shards]
+        order = np.random.Generator(np.random.PCG64(seed)).permutation(len(self.shards))
+        target = min(max_validation, max(1, round(validation_fraction * sum(counts))))
+        held, rows = [], 0
+        for k in order:
+            if rows >= target or len(held) == len(self.shards) - 1:
+                break
+            held.append(int(k))
+            rows += counts[k]
+        self.validation_shards = sorted(held)
+        self.train_shards = [k for k in range(len(self.shards)) if k not in set(held)]
+        self.num_train = int(sum(counts[k] for k in self.train_shards))
+        theta, x = self._rows(self.validation_shards)
+        self.validation_rows = (theta[:max_validation], x[:max_validation])
+
+    def _valid(self, path) -> np.ndarray:
+        with np.load(path, allow_pickle=False) as fields:
+            return fields["status"] == 0
+
+    def _read(self, k: int) -> tuple[Tensor, Tensor]:
+        start, stop, path = self.shards[k]
+        with np.load(path, allow_pickle=False) as fields:
+            ok = fields["status"] == 0
+            x = fields["x"][ok]
+        theta = np.asarray(self.theta_file[start:stop])[ok]
+        return torch.from_numpy(np.array(theta)), torch.from_numpy(np.array(x))
+
+    def _rows(self, shards: list[int]) -> tuple[Tensor, Tensor]:
+        parts = [self._read(k) for k in shards]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def sample(self, rows: int | None = None, seed: int = 0) -> Simulations:
+        r"""Valid rows from random training shards, in memory (by default as many as the validation
+        rows may be): for standardization, the regression adjustment and shapes."""
+
+        rows = self.max_sample if rows is None else rows
+        order = np.random.Generator(np.random.PCG64(seed)).permutation(self.train_shards)
+        parts, count = [], 0
+        for k in order:
+            parts.append(self._read(int(k)))
+            count += len(parts[-1][0])
+            if count >= rows:
+                break
+        theta, x = torch.cat([p[0] for p in parts])[:rows], torch.cat([p[1] for p in parts])[:rows]
+        return Simulations(theta, x, seed=self.store.seed)
+
+    @property
+    def validation(self) -> list[Tensor]:
+        return list(self.transform(*self.validation_rows))
+
+    @property
+    def split(self) -> Tensor:
+        r"""Which shards are held out (what a training checkpoint checks on resume)."""
+
+        return torch.tensor([self.shards[k][0] for k in self.validation_shards], dtype=torch.long)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[list[Tensor]]:
+        r"""One epoch: shuffled batches of ``batch_size`` training rows, transformed."""
+
+        order = [self.train_shards[k] for k in torch.randperm(len(self.train_shards), generator=generator).tolist()]
+        buffer: list[tuple[Tensor, Tensor]] = []
+        rows = 0
+        for position, k in enumerate(order):
+            buffer.append(self._read(k))
+            rows += len(buffer[-1][0])
+            last = position == len(order) - 1
+            if rows < self.buffer_rows and not last:
+                continue
+            theta, x = torch.cat([b[0] for b in buffer]), torch.cat([b[1] for b in buffer])
+            perm = torch.randperm(len(theta), generator=generator)
+            usable = len(theta) if last else len(theta) // batch_size * batch_size
+            for start in range(0, usable, batch_size):
+                index = perm[start : start + batch_size]
+                yield list(self.transform(theta[index], x[index]))
+            rest = perm[usable:]
+            buffer, rows = ([(theta[rest], x[rest])], len(rest)) if len(rest) else ([], 0)
+
+
+def streamed(data: object, budget: int | None = None) -> StoreStream | None:
+    r"""A :class:`StoreStream` for a complete store too large for a quarter of ``budget``
+    bytes (by default :func:`memory_limit`); None for anything else."""
+
+    if not isinstance(data, Store):
+        return None
+    if not data.complete:
+        data.simulations()  # raises, saying what is missing
+    shape = data.x_shape or ()
+    row = 4 * (data.theta_rows(0, 1).shape[1] + int(np.prod(shape)))
+    # training holds about three copies (the rows, their split, their unconstrained parameters)
+    if 3 * row * len(data) <= (memory_limit() if budget is None else budget) / 4:
+        return None
+    return StoreStream(data)

@@ -1,0 +1,194 @@
+"""Runs on disk: the README's contract, resuming, refusing another run, reading a store lazily."""
+
+import functools
+import gc
+import json
+import numpy as np
+import pytest
+import re
+import torch
+
+from pathlib import Path
+
+import sbikit
+import faulty
+
+from sbikit.runs import StoreError, open_store
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PRIOR = faulty.PRIOR
+
+
+def quiet(**kwargs):
+    return dict(show_progress=False, **kwargs)
+
+
+# Another process on the machine may hold Dask's default dashboard port (8787). The cluster then
+# says so and takes another port, and distributed leaks the socket of its failed try (node.py,
+# start_http_server), which warns when it is collected: both are Dask's, not sbikit's, and the
+# socket is collected inside this test (gc.collect at its end) so that no other test sees it.
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use:UserWarning")
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+def test_readme_store_contract_runs_as_written(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    contract = next(b for b in blocks if 'sbikit.open_store("runs/a")' in b)
+    assert contract.count("100_000") == 3
+    small = contract.replace("100_000", "2_000")  # the same lines, at a size for a test
+    monkeypatch.setattr(sbikit.estimators.npe, "TrainConfig",
+                        functools.partial(sbikit.TrainConfig, max_epochs=3, show_progress=False))
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    exec(compile(small, str(README), "exec"), namespace)
+    store, data = namespace["store"], namespace["data"]
+    assert len(store) == 2000 and store.failures == () and store.complete
+    assert torch.equal(store.x, data.x) and torch.equal(store.theta, data.theta)  # runs/a (2 workers) == runs/b (Dask)
+    assert isinstance(namespace["posterior"], sbikit.Posterior)
+    assert json.loads((tmp_path / "runs/b/manifest.json").read_text())["seed"] == 0
+    gc.collect()
+
+
+def test_a_finished_store_is_read_back_without_simulating(tmp_path):
+    calls = []
+
+    def counted(theta):
+        calls.append(len(theta))
+        return theta + 0.1 * torch.randn_like(theta)
+
+    first = sbikit.simulate(counted, PRIOR, 300, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    assert sum(calls) == 300
+    again = sbikit.simulate(counted, PRIOR, 300, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    assert sum(calls) == 300 and torch.equal(first.x, again.x)
+    memory = sbikit.simulate(counted, PRIOR, 300, seed=0, batch_size=7, **quiet())
+    assert torch.equal(memory.x, first.x) and torch.equal(memory.theta, first.theta)
+
+
+def test_theta_is_written_before_any_simulation(tmp_path):
+    seen = []
+
+    def look(theta):
+        seen.append(np.load(tmp_path / "a" / "theta.npy").shape)
+        return theta
+
+    data = sbikit.simulate(look, PRIOR, 250, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    assert seen == [(250, 3)] * 3
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "a" / "theta.npy")), data.theta)
+
+
+def test_an_interrupted_run_resumes_only_the_missing_work(tmp_path):
+    calls, ctrl_c = [], [True]
+
+    def interrupted(theta):
+        calls.append(len(theta))
+        if len(calls) == 3 and ctrl_c.pop():
+            raise KeyboardInterrupt
+        return theta * 2
+
+    with pytest.raises(KeyboardInterrupt):
+        sbikit.simulate(interrupted, PRIOR, 500, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    assert len(list((tmp_path / "a" / "shards").glob("*.npz"))) == 2
+    assert not list((tmp_path / "a" / "claims").iterdir())  # let go on the way out
+    calls.clear()
+    ctrl_c.append(False)
+    data = sbikit.simulate(interrupted, PRIOR, 500, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    assert calls == [100, 100, 100] and torch.equal(data.x, 2 * data.theta)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 1}, r"the seed \(0 in the store, 1 here\)"),
+    ({"prior": sbikit.BoxUniform(-2 * torch.ones(3), 2 * torch.ones(3))}, r"the prior \(BoxUniform"),
+    ({"simulator": faulty.noisy_one, "batched": False}, r"the simulator \(faulty.noisy and faulty.noisy_one\)"),
+    ({"num_simulations": 200}, r"num_simulations \(100 in the store, 200 here\)"),
+])
+def test_another_run_on_a_store_is_refused_saying_what_differs(tmp_path, change, message):
+    arguments = {"simulator": faulty.noisy, "prior": PRIOR, "num_simulations": 100, "seed": 0}
+    sbikit.simulate(**arguments, store=tmp_path / "a", **quiet())
+    with pytest.raises(StoreError, match=message):
+        sbikit.simulate(**{**arguments, **change}, store=tmp_path / "a", **quiet())
+
+
+def test_open_store_reads_lazily_and_trains(tmp_path, quick):
+    data = sbikit.simulate(faulty.noisy, PRIOR, 400, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    store = sbikit.open_store(tmp_path / "a")
+    assert store._cache == {}  # nothing read yet
+    assert len(store) == 400 and store.seed == 0 and store.failures == ()
+    assert torch.equal(store.x, data.x) and torch.equal(store.theta_rows(10, 20), data.theta[10:20])
+    assert list(store.records["status"]) == ["ok"] * 400
+    posterior = sbikit.NPE(PRIOR, training=quick, adjust=False).fit(store)
+    assert posterior.sample(5, x=data.x[0]).shape == (5, 3)
+
+
+def test_an_incomplete_store_is_not_trained_on(tmp_path, quick):
+    def stop(theta):
+        if theta.shape[0] and stop.calls == 1:
+            raise KeyboardInterrupt
+        stop.calls += 1
+        return theta
+
+    stop.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        sbikit.simulate(stop, PRIOR, 200, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    store = open_store(tmp_path / "a")
+    assert not store.complete and store.x[:100].isfinite().all() and store.x[100:].isnan().all()
+    with pytest.raises(StoreError, match="missing 100 of 200 simulations"):
+        sbikit.NPE(PRIOR, training=quick).fit(store)
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a simulation store"):
+        open_store(tmp_path)
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    ({"workers": 0}, ValueError, "workers must be a positive int"),
+    ({"workers": 1.5}, TypeError, "workers must be a positive int"),
+    ({"timeout": -1}, ValueError, "timeout must be a positive number"),
+    ({"on_error": "ignore"}, ValueError, "on_error must be 'record' or 'raise'"),
+    ({"max_failure_fraction": 2}, ValueError, r"max_failure_fraction must be a number in \[0, 1\]"),
+    ({"retries": -1}, ValueError, "retries must be a non-negative int"),
+    ({"executor": object()}, TypeError, "executor must be a dask.distributed.Client"),
+])
+def test_bad_run_options_are_named(arguments, error, message):
+    with pytest.raises(error, match=message):
+        sbikit.simulate(faulty.noisy, PRIOR, 10, seed=0, **arguments)
+
+
+def test_structured_models_refuse_run_options():
+    ou = sbikit.simulators.ornstein_uhlenbeck.model()
+    with pytest.raises(TypeError, match="not supported for a StateSpace"):
+        sbikit.simulate(ou, num_simulations=10, seed=0, workers=2)
+
+
+def test_a_store_larger_than_memory_is_streamed(tmp_path, monkeypatch, quick):
+    from sbikit.runs import stream as stream_module
+
+    with pytest.warns(RuntimeWarning, match="returned NaN"):
+        sbikit.simulate(faulty.non_finite, PRIOR, 3000, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    store = open_store(tmp_path / "a")
+    valid = ~torch.isnan(store.x).any(1) & ~torch.isinf(store.x).any(1)
+    monkeypatch.setattr(stream_module, "memory_limit", lambda: 100_000)  # 3,000 rows take more than a quarter
+
+    def forbidden(self):
+        raise AssertionError("the store was read into memory")
+
+    monkeypatch.setattr(type(store), "simulations", forbidden)
+    streamed = stream_module.streamed(store)
+    assert streamed is not None and streamed.num_train + len(streamed.validation[0]) == int(valid.sum())
+    # one epoch yields every training row once, shuffled across shards, skipping failed rows
+    rows = torch.cat([b[0] for b in streamed.batches(64, torch.Generator().manual_seed(0))])
+    held = torch.cat([store.theta[s:e] for k, (s, e, _) in enumerate(streamed.shards) if k in streamed.validation_shards])
+    expected = store.theta[valid & ~torch.isin(store.theta[:, 0], held[:, 0])]
+    assert torch.equal(rows[rows[:, 0].argsort()], expected[expected[:, 0].argsort()])
+    assert not torch.equal(rows[:100], expected[:100])
+    posterior = sbikit.NPE(PRIOR, training=quick, adjust=False).fit(store)
+    assert np.isfinite(posterior.history["train_loss"]).all() and posterior.history["epochs"] == 3
+
+
+def test_one_progress_bar_shows_done_failed_and_rate(tmp_path, capsys):
+    with pytest.warns(RuntimeWarning):
+        sbikit.simulate(faulty.half_broken, PRIOR, 300, seed=0, batched=False, batch_size=100, store=tmp_path / "a",
+                        show_progress=True)
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.search(r"simulating: 100%.*300/300 .*sim/s.*failed=\d+", final), final
+    assert err.count("simulating: 100%") == 1
