@@ -15,7 +15,8 @@ each class says so in three flags:
 :class:`AmortizedPosterior` checks the arguments and shapes once for every
 posterior whose ``distribution(x)`` is a normalized distribution;
 :class:`MCMCPosterior` samples :math:`p(\theta) \prod_i q(x_i | \theta)` by
-vectorized HMC (:mod:`sbikit.mcmc`) for any likelihood that follows its contract.
+MCMC (:mod:`sbikit.mcmc`: independence proposals from an importance fit, or vectorized
+HMC) for any likelihood that follows its contract.
 """
 
 __all__ = ["AmortizedPosterior", "MCMCPosterior", "Posterior", "SupportMappedDistribution", "clamp_to_support"]

@@ -444,3 +444,29 @@ def test_help_shows_the_posterior_not_torch_internals():
     text = pydoc.render_doc(sbikit.NPEPosterior, renderer=pydoc.plaintext)
     assert len(text.splitlines()) < 200 and "register_forward_hook" not in text
     assert not isinstance(sbikit.NPEPosterior, nn.Module)
+
+
+def test_a_race_resumed_from_its_checkpoints_ends_where_it_would_have(tmp_path, monkeypatch):
+    # with adjust="auto" two candidates race for a pilot of 5 of 50 epochs; a run stopped after
+    # epoch 2 of the race resumes both candidates there and races to epoch 5, not 5 more
+    prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+    data = sbikit.simulate(lambda t: t + 0.1 * torch.randn_like(t), prior, 300, seed=0, show_progress=False)
+    whole = sbikit.NPE(prior, training=TrainConfig(max_epochs=50, show_progress=False)).fit(data).history
+
+    epoch, calls = sbikit.train.Training._epoch, []
+
+    def stopping_epoch(self):
+        if len(calls) == 4:  # both candidates have run (and saved) two epochs
+            raise KeyboardInterrupt
+        calls.append(self.name)
+        epoch(self)
+
+    config = TrainConfig(max_epochs=50, show_progress=False, checkpoint=str(tmp_path))
+    monkeypatch.setattr(sbikit.train.Training, "_epoch", stopping_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        sbikit.NPE(prior, training=config).fit(data)
+    monkeypatch.setattr(sbikit.train.Training, "_epoch", epoch)
+    resumed = sbikit.NPE(prior, training=config).fit(data).history
+    assert resumed["adjustment_pilot"]["adjusted"] == whole["adjustment_pilot"]["adjusted"]
+    assert resumed["adjustment_pilot"]["unadjusted"] == whole["adjustment_pilot"]["unadjusted"]
+    assert resumed["validation_loss"] == whole["validation_loss"]

@@ -240,7 +240,8 @@ class Likelihood(io.Saveable):
 
     def posterior(self, x_obs: object, mcmc: MCMCConfig | None = None) -> MCMCPosterior:
         r"""The posterior :math:`p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_i q(x_i | \theta)`,
-        sampled by vectorized HMC.
+        sampled by MCMC: independence proposals from an importance fit (a Gaussian or a
+        Student-t mixture), or vectorized HMC where no fit is close (see :mod:`sbikit.mcmc`).
 
         Arguments:
             x_obs: One observation :math:`(*x\_shape)` or :math:`N` independent trials

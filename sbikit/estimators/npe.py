@@ -90,7 +90,9 @@ def _default_summary(x_shape: Size, structure: str | None = None) -> nn.Module:
     if structure == "set":
         return DeepSet(x_shape[-1])
     if structure == "series":
-        return GRUSummary(x_shape[-1], pooling="last_and_mean")
+        # 128 hidden units: on ornstein_uhlenbeck at 5,000 simulations, C2ST 0.596 against 0.696
+        # with 64 (whose posteriors of the noise scale near its bound came out 2-3x too wide)
+        return GRUSummary(x_shape[-1], hidden_features=128, pooling="last_and_mean")
     return MLP(list(x_shape), out_features=32, hidden_features=(128, 128))
 
 
@@ -332,7 +334,7 @@ class NPE:
             pilot = max(1, math.ceil(ADJUSTMENT_PILOT * runs[True][1].max_epochs))
             for epochs in range(1, pilot + 1):
                 for _, run in runs.values():
-                    run.advance(1)
+                    run.advance(max(0, epochs - run.history["epochs"]))  # none for a run resumed past it
                 if any(run.done for _, run in runs.values()):
                     break
             scores = {adjust: run.best for adjust, (_, run) in runs.items()}
