@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from torch.distributions import Independent, Normal, StudentT
+from torch.distributions import StudentT
 
 import sbikit
 
@@ -100,22 +100,7 @@ def detection(
     return lines
 
 
-class GroupMean:
-    r"""The exact posterior of mu for hierarchical_gaussian with tau known, for groups (m, M, 1)."""
-
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
-
-    def q(self, x):
-        s2 = self.tau**2 + hierarchical_gaussian.NOISE**2
-        precision = 1 + x.shape[-2] / s2
-        return Independent(Normal(x.sum(-2) / s2 / precision, precision**-0.5 * torch.ones(x.shape[:-2] + (1,))), 1)
-
-    def sample(self, n, x):
-        return self.q(x).sample((n,))
-
-    def log_prob(self, theta, x):
-        return self.q(x).log_prob(theta)
+GroupMean = hierarchical_gaussian.GroupMeanPosterior
 
 
 def member_outliers(num_groups: int, num_simulations: int, seed: int) -> list[str]:

@@ -5,7 +5,7 @@ r"""Gaussian linear model in 10 dimensions (sbibm's ``gaussian_linear``).
 so the posterior is :math:`\mathcal{N}(x / 2, 0.05 I)`.
 """
 
-__all__ = ["DIM", "PARAMETER_NAMES", "prior", "simulator", "reference_posterior"]
+__all__ = ["DIM", "PARAMETER_NAMES", "ExactPosterior", "prior", "simulator", "posterior", "reference_posterior"]
 
 import math
 import torch
@@ -43,3 +43,25 @@ def reference_posterior(x: torch.Tensor, num_samples: int, seed: int = 0) -> tor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return posterior(x).sample((num_samples,))
+
+
+class ExactPosterior:
+    r"""The analytic posterior as a posterior object, for the diagnostics: ``sample(n, x)``
+    gives :math:`(n, m, D)` for observations :math:`(m, D)` and ``log_prob(theta, x)``
+    broadcasts as :class:`sbikit.AmortizedPosterior`'s do. ``scale`` multiplies its sd and
+    ``shift`` moves its mean by that many sds: versions that are wrong in known ways."""
+
+    parameter_names = PARAMETER_NAMES
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
+        self.scale, self.shift = scale, shift
+
+    def q(self, x) -> Independent:
+        exact = posterior(torch.as_tensor(x))
+        return Independent(Normal(exact.mean + self.shift * exact.stddev, self.scale * exact.stddev), 1)
+
+    def sample(self, n: int, x) -> torch.Tensor:
+        return self.q(x).sample((n,))
+
+    def log_prob(self, theta, x) -> torch.Tensor:
+        return self.q(x).log_prob(theta)

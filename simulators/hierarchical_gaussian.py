@@ -29,6 +29,7 @@ __all__ = [
     "reference_posterior",
     "mean_posterior",
     "local_posterior",
+    "GroupMeanPosterior",
 ]
 
 import math
@@ -131,3 +132,23 @@ def local_posterior(globals_: torch.Tensor, x_j: torch.Tensor, seed: int = 0) ->
     mean = (mu / tau**2 + x_j / NOISE**2) / precision
     noise = torch.randn(mean.shape, generator=generator, dtype=torch.float64)
     return (mean + noise * precision**-0.5).float()
+
+
+class GroupMeanPosterior:
+    r"""The exact posterior of :math:`\mu` with :math:`\tau` known (``model(tau=...)``) as a
+    posterior object, for the diagnostics: ``sample(n, x)`` gives :math:`(n, m, 1)` for
+    groups :math:`(m, M, 1)` of equal size, and ``log_prob(theta, x)`` broadcasts with them."""
+
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+
+    def q(self, x) -> Independent:
+        s2 = self.tau**2 + NOISE**2
+        precision = 1 + x.shape[-2] / s2
+        return Independent(Normal(x.sum(-2) / s2 / precision, precision**-0.5 * torch.ones(x.shape[:-2] + (1,))), 1)
+
+    def sample(self, n: int, x) -> torch.Tensor:
+        return self.q(x).sample((n,))
+
+    def log_prob(self, theta, x) -> torch.Tensor:
+        return self.q(x).log_prob(theta)

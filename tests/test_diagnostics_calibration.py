@@ -14,24 +14,7 @@ from sbikit import diagnostics as dx
 from sbikit.simulators import gaussian_linear, hierarchical_gaussian
 
 
-class Analytic:
-    """The exact posterior N(x / 2, 0.05 I) of gaussian_linear, its sd times `scale` and its mean moved by
-    `shift` sds: a posterior object with sample(n, x=xs) -> (n, m, D) and log_prob(theta, x=xs)."""
-
-    parameter_names = gaussian_linear.PARAMETER_NAMES
-
-    def __init__(self, scale=1.0, shift=0.0):
-        self.scale, self.shift = scale, shift
-
-    def q(self, x):
-        exact = gaussian_linear.posterior(torch.as_tensor(x))
-        return Independent(Normal(exact.mean + self.shift * exact.stddev, self.scale * exact.stddev), 1)
-
-    def sample(self, n, x):
-        return self.q(x).sample((n,))
-
-    def log_prob(self, theta, x):
-        return self.q(x).log_prob(theta)
+Analytic = gaussian_linear.ExactPosterior  # exact, or its sd scaled and its mean shifted
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import scipy.stats
 import torch
 
 from matplotlib.figure import Figure
-from torch.distributions import Independent, Normal, StudentT
+from torch.distributions import StudentT
 
 import sbikit
 
@@ -83,22 +83,7 @@ def test_ppc_builds_inference_data_and_flags_an_impossible_observation():
     assert isinstance(odd.plot(), Figure) and "flagged=10" in repr(odd)
 
 
-class _Groups:
-    """The exact posterior of mu for hierarchical_gaussian with tau known, for groups (m, M, 1)."""
-
-    def __init__(self, tau):
-        self.tau = tau
-
-    def q(self, x):
-        s2 = self.tau**2 + hierarchical_gaussian.NOISE**2
-        precision = 1 + x.shape[-2] / s2
-        return Independent(Normal(x.sum(-2) / s2 / precision, precision**-0.5 * torch.ones(x.shape[:-2] + (1,))), 1)
-
-    def sample(self, n, x):
-        return self.q(x).sample((n,))
-
-    def log_prob(self, theta, x):
-        return self.q(x).log_prob(theta)
+_Groups = hierarchical_gaussian.GroupMeanPosterior
 
 
 def test_outlying_members_are_flagged_at_the_stated_rate():

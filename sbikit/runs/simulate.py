@@ -9,17 +9,7 @@ arrives: to memory, or as one shard of the store (:mod:`sbikit.runs.store`). So
 :math:`x` is the same whatever the number of workers, the chunk size, the order or
 the retries, and a resumed run equals one that was never interrupted.
 
-Where a simulation's randomness comes from (see :mod:`sbikit.runs.seeds`):
-
-=============================  =====================================  ==============================
-simulator style                draws from                             same data for any batch size
-=============================  =====================================  ==============================
-batched torch                  torch's global functions               yes: each row gets its own stream
-unbatched torch or numpy       torch's, numpy's and ``random``'s      yes: seeded per simulation
-                               global generators
-``rng=True``                   the generator(s) passed as ``rng``     yes: one generator per simulation
-batched numpy                  numpy's global generator               no: seeded per batch; warns
-=============================  =====================================  ==============================
+Where a simulation's randomness comes from: see :mod:`sbikit.runs.chunk`.
 """
 
 __all__ = ["SimulationError", "simulate"]
