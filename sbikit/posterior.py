@@ -28,8 +28,8 @@ import time
 import torch
 import warnings
 
-from torch import Size, Tensor
 from concurrent.futures import ThreadPoolExecutor
+from torch import Size, Tensor
 from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
 from tqdm.auto import tqdm
 from typing import ClassVar
