@@ -90,8 +90,8 @@ def _default_summary(x_shape: Size, structure: str | None = None) -> nn.Module:
     if structure == "set":
         return DeepSet(x_shape[-1])
     if structure == "series":
-        # 128 hidden units: on ornstein_uhlenbeck at 5,000 simulations, C2ST 0.596 against 0.696
-        # with 64 (whose posteriors of the noise scale near its bound came out 2-3x too wide)
+        # 128 hidden units: on ornstein_uhlenbeck at 5,000 simulations, C2ST 0.60-0.62 against
+        # 0.68-0.70 with 64 (whose posteriors of the noise scale near its bound came out 2-3x too wide)
         return GRUSummary(x_shape[-1], hidden_features=128, pooling="last_and_mean")
     return MLP(list(x_shape), out_features=32, hidden_features=(128, 128))
 
