@@ -1,7 +1,12 @@
 import pytest
+import re
 import torch
 
+from pathlib import Path
+
 import sbikit
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture
@@ -17,3 +22,16 @@ def quick():
 
 def noisy(theta):
     return theta + 0.1 * torch.randn_like(theta)
+
+
+def readme_block(marker: str) -> str:
+    """The README's python code block that contains ``marker``."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return next(block for block in blocks if marker in block)
+
+
+def run_readme_block(code: str, namespace: dict | None = None) -> dict:
+    """Runs README code as written (tracebacks name README.md) in ``namespace``; returns it."""
+    namespace = {} if namespace is None else namespace
+    exec(compile(code, str(README), "exec"), namespace)
+    return namespace

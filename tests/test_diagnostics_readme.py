@@ -1,18 +1,14 @@
 """The README's diagnostics contract runs as written (with short training)."""
 
 import dataclasses
-import re
-
-from pathlib import Path
 
 import sbikit
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from conftest import readme_block, run_readme_block
 
 
 def test_readme_diagnostics_contract_runs_as_written(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    contract = next(b for b in blocks if "dx.check(posterior, simulator, prior, x_obs=x_obs)" in b)
+    contract = readme_block("dx.check(posterior, simulator, prior, x_obs=x_obs)")
 
     @dataclasses.dataclass(frozen=True)
     class Quick(sbikit.TrainConfig):
@@ -21,8 +17,7 @@ def test_readme_diagnostics_contract_runs_as_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sbikit.estimators.npe, "TrainConfig", Quick)
     monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(contract, str(README), "exec"), namespace)
+    namespace = run_readme_block(contract)
     dx = sbikit.diagnostics
     assert isinstance(namespace["sbc"], dx.SBCResult) and len(namespace["sbc"].p_values) == 4
     assert isinstance(namespace["cov"], dx.CoverageResult) and namespace["cov"].levels[-1] == 1

@@ -6,14 +6,12 @@ import functools
 import importlib
 import pkgutil
 import pytest
-import re
 import torch
-
-from pathlib import Path
 
 import sbikit
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from conftest import readme_block, run_readme_block
+
 MODULES = sorted(m.name for m in pkgutil.walk_packages(sbikit.__path__, "sbikit."))
 
 
@@ -28,14 +26,12 @@ def test_docstring_examples(name):
 
 
 def test_readme_contract_runs_as_written(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    contract = next(b for b in blocks if "sbikit.NPE(prior).fit(pairs)" in b)
+    contract = readme_block("sbikit.NPE(prior).fit(pairs)")
     monkeypatch.chdir(tmp_path)
     # the pairs "simulated elsewhere" are few, so the second training is quick
     theta = sbikit.BoxUniform(-2 * torch.ones(3), 2 * torch.ones(3)).sample((500,))
     x = theta + 0.1 * torch.randn_like(theta)
-    namespace = {"theta": theta, "x": x}
-    exec(compile(contract, str(README), "exec"), namespace)
+    namespace = run_readme_block(contract, {"theta": theta, "x": x})
     assert namespace["samples"].shape == (1000, 3)
     assert namespace["log_p"].shape == (1000,)
     assert {"posterior", "observed_data"} <= set(namespace["idata"].groups())
@@ -55,8 +51,7 @@ def test_readme_contract_runs_as_written(tmp_path, monkeypatch):
 
 def test_readme_structured_contract_runs_as_written(tmp_path, monkeypatch):
     # as written, with shorter training: accuracy is tested in test_structured.py and benchmarks/structured.py
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    contract = next(b for b in blocks if "HierarchicalNPE(model)" in b)
+    contract = readme_block("HierarchicalNPE(model)")
     @dataclasses.dataclass(frozen=True)
     class Quick(sbikit.TrainConfig):
         max_epochs: int | None = 2
@@ -66,8 +61,7 @@ def test_readme_structured_contract_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.setattr(sbikit.estimators.npe, "TrainConfig", quick)
     monkeypatch.setattr(sbikit.estimators.hierarchical, "TrainConfig", quick)
     monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(contract, str(README), "exec"), namespace)
+    namespace = run_readme_block(contract)
     assert namespace["g"].shape == (1000, 2) and namespace["l"].shape == (1000, 23, 1)
     assert namespace["idata"].posterior.sizes["member"] == 23
     assert isinstance(namespace["posterior"].network.summary, sbikit.nn.GRUSummary)
@@ -76,15 +70,13 @@ def test_readme_structured_contract_runs_as_written(tmp_path, monkeypatch):
 
 def test_readme_nle_contract_runs_as_written(tmp_path, monkeypatch):
     # as written, with 20 epochs; accuracy is tested in test_nle.py and benchmarks/nle.py
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    contract = next(b for b in blocks if "sbikit.NLE(prior).fit(data)" in b)
+    contract = readme_block("sbikit.NLE(prior).fit(data)")
 
     monkeypatch.setattr(sbikit.estimators.nle, "TrainConfig", functools.partial(sbikit.TrainConfig, max_epochs=20,
                                                                                show_progress=False))
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    namespace = {}
-    exec(compile(contract, str(README), "exec"), namespace)
+    namespace = run_readme_block(contract)
     assert namespace["x_fake"].shape == (500, 3) and namespace["lp"].shape == (100,)
     assert namespace["samples"].shape == (2000, 3) and namespace["log_p"].shape == (2000,)
     assert isinstance(namespace["likelihood"], sbikit.Likelihood) and (tmp_path / "likelihood.sbk").exists()

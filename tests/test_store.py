@@ -8,14 +8,12 @@ import pytest
 import re
 import torch
 
-from pathlib import Path
-
 import sbikit
 import faulty
 
+from conftest import readme_block, run_readme_block
 from sbikit.runs import StoreError, open_store
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 PRIOR = faulty.PRIOR
 
 
@@ -31,15 +29,13 @@ def quiet(**kwargs):
 @pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_readme_store_contract_runs_as_written(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    contract = next(b for b in blocks if 'sbikit.open_store("runs/a")' in b)
+    contract = readme_block('sbikit.open_store("runs/a")')
     assert contract.count("100_000") == 3
     small = contract.replace("100_000", "2_000")  # the same lines, at a size for a test
     monkeypatch.setattr(sbikit.estimators.npe, "TrainConfig",
                         functools.partial(sbikit.TrainConfig, max_epochs=3, show_progress=False))
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "__main__"}
-    exec(compile(small, str(README), "exec"), namespace)
+    namespace = run_readme_block(small, {"__name__": "__main__"})
     store, data = namespace["store"], namespace["data"]
     assert len(store) == 2000 and store.failures == () and store.complete
     assert torch.equal(store.x, data.x) and torch.equal(store.theta, data.theta)  # runs/a (2 workers) == runs/b (Dask)
