@@ -38,9 +38,10 @@ import inspect
 import json
 import os
 import pickle
+import io
 import re
-import tempfile
 import torch
+import uuid
 import torch.distributions as D
 
 from collections.abc import Callable
@@ -306,10 +307,55 @@ def prior_from_spec(spec: dict) -> D.Distribution:
     return cls(**params)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True, mode: int = 0o666) -> bool:
+    r"""Writes ``data`` to ``path`` through a fsynced temporary file beside it and a rename,
+    so that ``path`` holds all of ``data`` or what it held before, never a part.
+
+    The file is created with ``mode`` less the umask. With ``replace=False`` an existing
+    ``path`` is kept (a hard link, which fails if it exists) and False is returned. The
+    temporary file, ``.{name}.{8 hex}.tmp``, is removed whatever happens; errors (a full
+    disk, say) are raised as the :class:`OSError` they are.
+    """
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        _fsync_directory(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save(posterior, path: str | os.PathLike) -> None:
@@ -327,17 +373,9 @@ def save(posterior, path: str | os.PathLike) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in posterior.network.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def _read(path: Path, device: str) -> dict:

@@ -29,7 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import TrainingError
-from .runs.store import atomic_write, digest
+from .io import atomic_write
+from .runs.store import digest
 
 
 _AUTOMATIC = ("batch_size", "learning_rate", "max_epochs")

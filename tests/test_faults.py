@@ -195,9 +195,9 @@ def test_corrupt_shards_and_leftover_temp_files_are_quarantined(tmp_path):
 
 # 9 -----------------------------------------------------------------------------------------------
 def test_a_full_disk_leaves_no_partial_shard(tmp_path, monkeypatch):
-    from sbikit.runs import store as store_module
+    import sbikit.io as files  # the store writes its files with sbikit.io.atomic_write
 
-    write = store_module._write_all
+    write = files._write_all
     calls = []
 
     def full_after_some(fd, data):
@@ -207,13 +207,13 @@ def test_a_full_disk_leaves_no_partial_shard(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         write(fd, data)
 
-    monkeypatch.setattr(store_module, "_write_all", full_after_some)
+    monkeypatch.setattr(files, "_write_all", full_after_some)
     with pytest.raises(StoreWriteError, match="disk is full") as info:
         sbikit.simulate(faulty.noisy, PRIOR, 100, seed=0, batch_size=20, store=tmp_path / "a", **quiet())
     assert info.value.errno == errno.ENOSPC
     assert [p.name for p in (tmp_path / "a" / "shards").iterdir()] == [next((tmp_path / "a" / "shards").iterdir()).name]
     assert not list((tmp_path / "a").rglob("*.tmp"))
-    monkeypatch.setattr(store_module, "_write_all", write)
+    monkeypatch.setattr(files, "_write_all", write)
     assert len(sbikit.simulate(faulty.noisy, PRIOR, 100, seed=0, batch_size=20, store=tmp_path / "a", **quiet())) == 100
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from torch import Tensor
 
 from .claims import Claims
+from ..io import atomic_write as _atomic_write
 from ..data import STATUSES, Failure, Simulations
 
 SCHEMA = 1
@@ -56,57 +57,16 @@ class StoreWriteError(OSError):
     r"""A file of the store could not be written (a full disk, say); nothing partial is left visible."""
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def atomic_write(path: Path, data: bytes, replace: bool = True) -> bool:
-    r"""Writes ``data`` to ``path`` through a fsynced temporary file and a rename.
-
-    With ``replace=False`` an existing ``path`` is kept (a hard link, which fails if it
-    exists) and False is returned.
+    r"""Writes a file of the store as :func:`sbikit.io.atomic_write` does (mode 0644).
 
     Raises:
-        StoreWriteError: If the disk is full or the write fails; the temporary file is removed.
+        StoreWriteError: If the disk is full or the write fails; no temporary file is left.
     """
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
-        return True
+        return _atomic_write(path, data, replace, mode=0o644)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         hint = " The disk is full: free space and run again; finished shards are kept." if error.errno == errno.ENOSPC else ""
         raise StoreWriteError(error.errno, f"could not write {path}: {error.strerror or error}.{hint}") from error
 
