@@ -12,6 +12,7 @@ __all__ = ["coupling_flow", "affine_coupling_flow", "start_at_identity"]
 import math
 import torch
 import torch.nn.functional as F
+import zuko.nn
 
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -53,6 +54,58 @@ class _SplineTransform(MonotonicRQSTransform):
         return F.pad(cumulative * ((2 * bound) / cumulative[..., -1:]), (1, 0)) - bound
 
 
+_ONEDNN: list[bool] = []  # whether torch's oneDNN linear kernel works here: found on first use
+
+
+def _onednn_linear_works() -> bool:
+    r"""Whether ``torch.ops.mkldnn._linear_pointwise`` exists and agrees with
+    :func:`torch.nn.functional.linear`, ReLU fused and not; checked once per process."""
+
+    if not _ONEDNN:
+        try:
+            generator = torch.Generator().manual_seed(0)
+            x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((4, 3, 5), (7, 5), (7,)))
+            with torch.no_grad():
+                expected = F.linear(x, weight, bias)
+                works = torch.backends.mkldnn.is_available() and all(
+                    torch.allclose(torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], ""), want,
+                                   rtol=1e-5, atol=1e-5)
+                    for attr, want in (("none", expected), ("relu", F.relu(expected)))
+                )
+        except (AttributeError, RuntimeError, NotImplementedError):
+            works = False
+        _ONEDNN.append(bool(works))
+    return _ONEDNN[0]
+
+
+def _plain_linear(layer: torch.nn.Module) -> bool:
+    r"""Whether ``layer`` is one linear map with a bias (torch's or zuko's, unstacked)."""
+
+    return (
+        type(layer) in (torch.nn.Linear, zuko.nn.Linear)
+        and layer.weight.dim() == 2
+        and layer.bias is not None
+    )
+
+
+def _linear(h: Tensor, layer: torch.nn.Module, relu: bool) -> Tensor:
+    r"""``layer(h)``, then a ReLU if ``relu``, without gradients.
+
+    On a CPU, torch's oneDNN kernel (the one ``torch.compile`` uses) computes this
+    several times faster than :func:`~torch.nn.functional.linear` on the tall, narrow
+    matrices of sampling: for 32,000 samples of 64 features, 1.4 ms for a 64 x 64
+    layer with its ReLU against 9.8 ms, and 0.7 ms against 2.2 ms for the spline's
+    23 parameters, with the same values. Elsewhere (another device or dtype, a
+    torch without the kernel) it is ``layer(h)``.
+    """
+
+    if h.device.type == "cpu" and h.dtype == torch.float32 and _onednn_linear_works():
+        return torch.ops.mkldnn._linear_pointwise(h.contiguous(), layer.weight, layer.bias,
+                                                  "relu" if relu else "none", [], "")
+    h = layer(h)
+    return F.relu(h, inplace=True) if relu else h
+
+
 class _ContextCoupling(GeneralCouplingTransform):
     r"""zuko's :class:`~zuko.flows.coupling.GeneralCouplingTransform`, with the same
     parameters and the same function, evaluated more cheaply when many samples share
@@ -71,15 +124,34 @@ class _ContextCoupling(GeneralCouplingTransform):
         first, *rest = self.hyper
         features_a = x.shape[-1]
         h = F.linear(c, first.weight[:, features_a:], first.bias)
-        if features_a == 1:  # an outer product: one fused multiply-add instead of a matrix product
-            h = torch.addcmul(h, x, first.weight[:, 0])
+        if features_a == 1:
+            # an outer product: one fused multiply-add instead of a matrix product. Its
+            # weight column is made contiguous first: read with the weight's stride,
+            # torch's kernel took 5x longer
+            h = torch.addcmul(h, x, first.weight[:, 0].contiguous())
         else:
             h = F.linear(x, first.weight[:, :features_a]) + h
-        inplace = not torch.is_grad_enabled()  # sampling: no fresh buffer per activation
-        for layer in rest:
-            h = F.relu(h, inplace=True) if inplace and type(layer) is torch.nn.ReLU else layer(h)
+        if torch.is_grad_enabled():
+            for layer in rest:
+                h = layer(h)
+        else:  # sampling or densities without gradients: faster kernels, no fresh buffer per ReLU
+            h = self._conditioner_without_grad(h, rest)
         phi = unpack(h.unflatten(-1, (-1, self.total)), self.shapes)
         return DependentTransform(self.univariate(*phi), 1)
+
+    @staticmethod
+    def _conditioner_without_grad(h: Tensor, layers: list[torch.nn.Module]) -> Tensor:
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if _plain_linear(layer):
+                relu = i + 1 < len(layers) and type(layers[i + 1]) is torch.nn.ReLU
+                h = _linear(h, layer, relu)
+                i += 2 if relu else 1
+            else:
+                h = F.relu(h, inplace=True) if type(layer) is torch.nn.ReLU else layer(h)
+                i += 1
+        return h
 
 
 def start_at_identity(flow: torch.nn.Module) -> torch.nn.Module:

@@ -24,6 +24,7 @@ __all__ = ["AmortizedPosterior", "MCMCPosterior", "Posterior", "SupportMappedDis
 import abc
 import math
 import numpy as np
+import threading
 import time
 import torch
 import warnings
@@ -137,6 +138,8 @@ class SupportMappedDistribution(Distribution):
 
 
 _SAMPLE_CHUNK = 2**15  # samples per call when sampling many observations
+# torch's thread count is process-wide: one threaded sampler at a time sets and restores it
+_THREAD_COUNT = threading.Lock()
 
 
 def _sample_chunks(distributions: list[Distribution], num_samples: int, device: torch.device) -> Tensor:
@@ -153,17 +156,18 @@ def _sample_chunks(distributions: list[Distribution], num_samples: int, device: 
     threads = min(torch.get_num_threads(), len(distributions)) if device.type == "cpu" else 1
     if threads < 2 or not all(isinstance(d, SupportMappedDistribution) for d in distributions):
         return torch.cat([d.sample((num_samples,)) for d in distributions], dim=1)
-    intra_op = torch.get_num_threads()
-    torch.set_num_threads(1)  # threads made from here on start with one intra-op thread
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            parts = []
-            for start in range(0, len(distributions), threads):
-                wave = distributions[start : start + threads]
-                noises = [d.noise((num_samples,)) for d in wave]
-                parts.extend(pool.map(lambda d, e: d.from_noise(e), wave, noises))
-    finally:
-        torch.set_num_threads(intra_op)
+    with _THREAD_COUNT:
+        intra_op = torch.get_num_threads()
+        torch.set_num_threads(1)  # threads made from here on start with one intra-op thread
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = []
+                for start in range(0, len(distributions), threads):
+                    wave = distributions[start : start + threads]
+                    noises = [d.noise((num_samples,)) for d in wave]
+                    parts.extend(pool.map(lambda d, e: d.from_noise(e), wave, noises))
+        finally:
+            torch.set_num_threads(intra_op)
     return torch.cat(parts, dim=1)
 
 
