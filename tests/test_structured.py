@@ -1,5 +1,6 @@
 r"""Sets of members: the data structure, mixed-effects simulation, set and sequence networks, NPE on sets."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -462,6 +463,46 @@ def test_disk_model_observes_stars_with_their_errors():
     # stars of one galaxy: the velocity dispersion is the global sigma
     dispersion = torch.stack([data.theta_local[i][data.mask[i]][:, 1].std() for i in range(40)])
     assert float((dispersion / data.theta[:, 2] - 1).abs().max()) < 0.15
+
+
+def test_disk_likelihood_integrates_out_the_true_heights():
+    from scipy import integrate
+
+    def nu(z, surface, rho, sigma):  # the isothermal density, unnormalized, written out again
+        phi = 2 * math.pi * gd.G * (surface * (math.sqrt(z**2 + gd.DISK_SCALE**2) - gd.DISK_SCALE) + rho * z**2)
+        return math.exp(-phi / sigma**2)
+
+    theta = torch.tensor([[50.0, 0.01, 20.0], [35.0, 0.025, 27.0], [68.0, 0.0, 16.0]], dtype=torch.float64)
+    stars = torch.tensor([[10.0, 5.0], [-300.0, -20.0], [820.0, 1.0]], dtype=torch.float64)
+    got = gd.log_likelihood(theta, stars)
+    for row, value in zip(theta.tolist(), got.tolist()):
+        norm = 2 * integrate.quad(lambda z: nu(z, *row), 0, np.inf, limit=200)[0]
+        want = 0.0
+        for height, velocity in stars.tolist():
+            error = gd.POSITION_ERROR
+            p_height = integrate.quad(lambda z: nu(z, *row) * stats.norm.pdf(height - z, scale=error),
+                                      height - 10 * error, height + 10 * error)[0] / norm
+            p_velocity = stats.norm.pdf(velocity, scale=math.sqrt(row[2] ** 2 + gd.VELOCITY_ERROR**2))
+            want += math.log(p_height * p_velocity)
+        assert value == pytest.approx(want, abs=1e-5)
+
+
+def test_disk_reference_posterior_matches_importance_sampling_from_the_prior():
+    # the grid, the proposal and the resampling against brute force: 300,000 prior draws
+    # weighted by the exact likelihood of one galaxy of 60 stars
+    data = sbikit.simulate(gd.model(num_members=60), 1, seed=3, show_progress=False)
+    stars = data.x[0]
+    draws = gd.reference_posterior(stars, 20_000, seed=0).double()
+    prior_draws = gd.prior().sample((300_000,)).double()
+    log_w = gd.log_likelihood(prior_draws, stars)
+    weights = torch.softmax(log_w, 0)
+    assert float(1 / (weights**2).sum()) > 3_000  # the brute force's own effective sample size
+    mean = weights @ prior_draws
+    sd = (weights @ (prior_draws - mean) ** 2).sqrt()
+    torch.testing.assert_close((draws.mean(0) - mean) / sd, torch.zeros(3, dtype=torch.float64), atol=0.04, rtol=0)
+    torch.testing.assert_close(draws.std(0) / sd, torch.ones(3, dtype=torch.float64), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match=r"\(m, 2\)"):
+        gd.reference_posterior(stars[:, :1], 10)
 
 
 def test_mean_pooling_reads_every_observed_step():
