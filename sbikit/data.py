@@ -1,7 +1,8 @@
 r"""Simulated pairs :math:`(\theta_i, x_i)` and the record of failed simulations."""
 
-__all__ = ["STATUSES", "Failure", "Simulations", "as_float_tensor"]
+__all__ = ["STATUSES", "Failure", "Simulations", "as_float_tensor", "failure_summary"]
 
+import collections
 import dataclasses
 import numpy as np
 import torch
@@ -223,3 +224,20 @@ class Simulations:
             + (f", structure={self.structure!r}" if self.structure else "")
             + ")"
         )
+
+
+def failure_summary(failures: list[Failure], total: int) -> str:
+    r"""One paragraph on a run's failures: how many of each kind, and the three most
+    common messages."""
+
+    kinds = collections.Counter(f.kind for f in failures)
+    text = (
+        f"{len(failures)} of {total} simulations failed ({kinds['exception']} raised, "
+        f"{kinds['nan']} returned NaN, {kinds['inf']} returned inf"
+        + (f", {kinds['timeout']} timed out" if kinds["timeout"] else "")
+        + (f", {kinds['crashed']} crashed" if kinds["crashed"] else "")
+        + "); they are recorded in Simulations.failures and excluded from training."
+    )
+    messages = collections.Counter(f.message.splitlines()[0] if f.message else f.kind for f in failures)
+    common = "; ".join(f"{count} x {message}" for message, count in messages.most_common(3))
+    return f"{text} Most common: {common}."

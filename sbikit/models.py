@@ -30,11 +30,11 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from ._checks import check_count
-from .data import Failure, Simulations, as_float_tensor
+from .data import Failure, Simulations, as_float_tensor, failure_summary
 from .priors import check_prior
 from .runs.randomness import RowStreams, keyed_words, warn_unattributed
 from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, root_seed, simulation_seeds, stream_keys
-from .runs.simulate import _batch_seed, _isolated_global_generators, _summary, draw_prior
+from .runs.chunk import batch_seed, draw_prior, isolated_global_generators
 
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
 
@@ -186,7 +186,7 @@ class MixedEffects:
         return np.array(counts, dtype=np.int64)
 
     def _draw(self, function: Callable, keys: np.ndarray, *args: Tensor) -> tuple[Tensor, bool]:
-        mode = RowStreams(keys, _batch_seed(keys, len(keys)))
+        mode = RowStreams(keys, batch_seed(keys, len(keys)))
         with torch.no_grad(), mode:
             out = function(*args)
         return out, mode.unattributed
@@ -229,7 +229,7 @@ class MixedEffects:
         members = _member_seeds(seeds, counts)
         g = theta.repeat_interleave(torch.from_numpy(counts), dim=0)
         failures, unattributed = [], False
-        with _isolated_global_generators():
+        with isolated_global_generators():
             try:
                 local, u1 = self._locals(g, stream_keys(members, PRIOR))
                 x, u2 = self._members(g, local, stream_keys(members, TORCH))
@@ -294,7 +294,7 @@ class MixedEffects:
         if any(c[5] for c in chunks):
             warn_unattributed()
         if failures:
-            warnings.warn(_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
+            warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
         return Simulations(
             theta=theta, x=x, seed=root, failures=tuple(failures), mask=mask, structure="set", theta_local=local
         )
@@ -571,7 +571,7 @@ class StateSpace:
         return padded, mask
 
     def _observe(self, theta: Tensor, times: Tensor, keys: np.ndarray) -> tuple[Tensor, bool]:
-        mode = RowStreams(keys, _batch_seed(keys, len(keys)))
+        mode = RowStreams(keys, batch_seed(keys, len(keys)))
         times = times.to(theta.dtype)
         with torch.no_grad(), mode:
             if self.trajectory is not None:
@@ -605,7 +605,7 @@ class StateSpace:
         times, mask = self._grids(seeds, start)
         keys = stream_keys(seeds, TORCH)
         failures, unattributed = [], False
-        with _isolated_global_generators():
+        with isolated_global_generators():
             try:
                 x, unattributed = self._observe(theta, times, keys)
             except _ContractError:
@@ -659,7 +659,7 @@ class StateSpace:
         if any(c[4] for c in chunks):
             warn_unattributed()
         if failures:
-            warnings.warn(_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
+            warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
         theta = torch.cat([c[0] for c in chunks])
         return Simulations(theta=theta, x=x, seed=root, failures=tuple(failures), mask=mask, structure="series")
 

@@ -77,7 +77,7 @@ class Chunk:
         return len(self.theta)
 
 
-def _batch_seed(keys: np.ndarray, size: int) -> int:
+def batch_seed(keys: np.ndarray, size: int) -> int:
     r"""A seed for draws that belong to a whole batch: its first key and its size."""
 
     return int(mix64(keys[:1] ^ np.uint64(size))[0] >> np.uint64(1))
@@ -92,20 +92,20 @@ def draw_prior(prior: Distribution, seeds: np.ndarray) -> Tensor:
     """
 
     keys = stream_keys(seeds, PRIOR)
-    mode = RowStreams(keys, _batch_seed(keys, len(keys)))
+    mode = RowStreams(keys, batch_seed(keys, len(keys)))
     with torch.no_grad(), mode:
         theta = prior.sample((len(keys),))
     if not mode.unattributed:
         return theta
     rows = []
     for i in range(len(keys)):
-        with torch.no_grad(), RowStreams(keys[i : i + 1], _batch_seed(keys[i : i + 1], 1)):
+        with torch.no_grad(), RowStreams(keys[i : i + 1], batch_seed(keys[i : i + 1], 1)):
             rows.append(prior.sample((1,)))
     return torch.cat(rows)
 
 
 @contextlib.contextmanager
-def _isolated_global_generators() -> Iterator[None]:
+def isolated_global_generators() -> Iterator[None]:
     r"""Lets the block seed torch's, numpy's and ``random``'s global generators,
     and restores them after."""
 
@@ -178,13 +178,13 @@ class _Runner:
     def _invoke(self, theta: Tensor, seeds: np.ndarray) -> tuple[Tensor, bool]:
         torch_keys = stream_keys(seeds, TORCH)
         size = len(seeds)
-        np.random.seed(_batch_seed(stream_keys(seeds, NUMPY), size) & 0xFFFFFFFF)
-        random.seed(_batch_seed(stream_keys(seeds, PYTHON), size))
+        np.random.seed(batch_seed(stream_keys(seeds, NUMPY), size) & 0xFFFFFFFF)
+        random.seed(batch_seed(stream_keys(seeds, PYTHON), size))
         rng = None
         if self.rng:
             keys = stream_keys(seeds, NUMPY if self.numpy else TORCH).tolist()
             rng = [_generator(key, self.numpy) for key in keys]
-        mode = RowStreams(torch_keys, _batch_seed(torch_keys, size))
+        mode = RowStreams(torch_keys, batch_seed(torch_keys, size))
         before = _global_fingerprint()
         with mode:
             out = self._call(self._arguments(theta), rng)
@@ -341,7 +341,7 @@ def run_chunk(
     if theta is None:
         theta = draw_prior(prior, seeds)
     runner = _Runner(simulator, batched, numpy, rng, progress)
-    with _GLOBAL_STATE, _isolated_global_generators():
+    with _GLOBAL_STATE, isolated_global_generators():
         if batched:
             rows, failures, unattributed = runner.batched_call(theta, seeds, start)
         else:

@@ -14,7 +14,6 @@ Where a simulation's randomness comes from: see :mod:`sbikit.runs.chunk`.
 
 __all__ = ["SimulationError", "simulate"]
 
-import collections
 import functools
 import hashlib
 import inspect
@@ -30,13 +29,13 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from .chunk import Chunk, _batch_seed, _check_shapes, _isolated_global_generators, draw_prior, run_chunk  # noqa: F401
+from .chunk import Chunk, _check_shapes, draw_prior, run_chunk
 from .executors import DaskExecutor, ProcessExecutor, SerialExecutor, Task, preflight
 from .randomness import warn_unattributed
 from .seeds import root_seed, simulation_seed, simulation_seeds
 from .store import SCHEMA, Store, versions
 from .._checks import check_count
-from ..data import STATUSES, Failure, Simulations
+from ..data import STATUSES, Failure, Simulations, failure_summary
 from ..priors import check_prior, prior_fingerprint
 
 _THETA_BLOCK = 100_000  # parameters are drawn up front in blocks of this many rows
@@ -46,20 +45,6 @@ _CODES = {kind: STATUSES.index(Failure(0, kind).status) for kind in ("nan", "inf
 
 class SimulationError(RuntimeError):
     r"""A run stopped: a simulation raised under ``on_error="raise"``, or too many failed."""
-
-
-def _summary(failures: list[Failure], total: int) -> str:
-    kinds = collections.Counter(f.kind for f in failures)
-    text = (
-        f"{len(failures)} of {total} simulations failed ({kinds['exception']} raised, "
-        f"{kinds['nan']} returned NaN, {kinds['inf']} returned inf"
-        + (f", {kinds['timeout']} timed out" if kinds["timeout"] else "")
-        + (f", {kinds['crashed']} crashed" if kinds["crashed"] else "")
-        + "); they are recorded in Simulations.failures and excluded from training."
-    )
-    messages = collections.Counter(f.message.splitlines()[0] if f.message else f.kind for f in failures)
-    common = "; ".join(f"{count} x {message}" for message, count in messages.most_common(3))
-    return f"{text} Most common: {common}."
 
 
 def simulator_fingerprint(simulator: Callable) -> dict:
@@ -348,7 +333,7 @@ def simulate(
         failures = list(sink.failures)
         x = sink.x if any(bool(f["has_x"]) for _, _, f in shards) else None
     if x is None:
-        raise RuntimeError(f"all {num_simulations} simulations raised an exception. {_summary(failures, num_simulations)}")
+        raise RuntimeError(f"all {num_simulations} simulations raised an exception. {failure_summary(failures, num_simulations)}")
     if unattributed:
         warn_unattributed()
     if global_draws:
@@ -361,7 +346,7 @@ def simulate(
             stacklevel=2,
         )
     if failures:
-        warnings.warn(_summary(failures, num_simulations), RuntimeWarning, stacklevel=2)
+        warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=2)
     theta = sink.theta
     return Simulations(theta=theta, x=x, seed=root, failures=tuple(failures))
 
@@ -417,7 +402,7 @@ def _run(sink, function, simulator, prior, root, options, workers, executor, tim
                 if ran >= min(n, 100) and len(failed) > max_failure_fraction * ran:
                     raise SimulationError(
                         f"stopped early: {len(failed)} of the {ran} simulations run so far failed, more than "
-                        f"max_failure_fraction={max_failure_fraction}. {_summary(failed, ran)} Fix the simulator "
+                        f"max_failure_fraction={max_failure_fraction}. {failure_summary(failed, ran)} Fix the simulator "
                         "(the finished chunks are kept in the store, if any), or raise max_failure_fraction."
                     )
             if sink.done_mask().all():
