@@ -126,7 +126,7 @@ def galactic_disk(budget: int, num_test: int, num_exact: int, seed: int) -> tupl
         return float(spread[1] - spread[0]) / 2
 
     inside68 = inside95 = 0
-    counts = (250, 500, 1_000, 2_000)
+    counts = (250, 500, 1_000, 1_500)
     npe_widths = {n: [] for n in counts}
     relative = {n: [] for n in counts}
     exact_widths = {n: [] for n in counts}
