@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 import abc
+import errno
 import functools
 import importlib
 import inspect
@@ -307,6 +308,10 @@ def prior_from_spec(spec: dict) -> D.Distribution:
     return cls(**params)
 
 
+# what os.link raises where the file system has no hard links (FAT, some network mounts)
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -331,9 +336,12 @@ def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True, mod
     so that ``path`` holds all of ``data`` or what it held before, never a part.
 
     The file is created with ``mode`` less the umask. With ``replace=False`` an existing
-    ``path`` is kept (a hard link, which fails if it exists) and False is returned. The
-    temporary file, ``.{name}.{8 hex}.tmp``, is removed whatever happens; errors (a full
-    disk, say) are raised as the :class:`OSError` they are.
+    ``path`` is kept (a hard link, which fails if it exists) and False is returned. On a
+    file system without hard links, ``path`` is then written by a rename if it does not
+    exist yet: still never a partial file, but two writers at the same moment may both
+    succeed, the last one's contents kept. The temporary file, ``.{name}.{8 hex}.tmp``, is
+    removed whatever happens; errors (a full disk, say) are raised as the :class:`OSError`
+    they are.
     """
 
     path = Path(path)
@@ -352,6 +360,12 @@ def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True, mod
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+            except OSError as error:
+                if error.errno not in _NO_HARD_LINKS:
+                    raise
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
         _fsync_directory(path.parent)
         return True
     finally:

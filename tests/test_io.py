@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 import pickle
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch.distributions import Distribution, Independent, LogNormal, Normal, co
 
 import sbikit
 
-from sbikit.io import FORMAT_VERSION, prior_from_spec, prior_spec
+from sbikit.io import FORMAT_VERSION, atomic_write, prior_from_spec, prior_spec
 
 from conftest import noisy
 
@@ -244,3 +246,23 @@ def test_files_of_format_2_keep_the_logistic_map_of_intervals(saved, tmp_path):
     jacobian = (old.network.theta_scale.double().log().sum() + torch.log(4 * torch.sigmoid(u) * torch.sigmoid(-u)).sum())
     torch.testing.assert_close(old.log_prob(theta, x=x).double(), expected.double() - jacobian, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(old.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
+
+
+def test_keep_existing_write_works_without_hard_links(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # what vfat answers
+
+    monkeypatch.setattr(os, "link", refuse)
+    target = tmp_path / "manifest.json"
+    assert atomic_write(target, b"first", replace=False)
+    assert not atomic_write(target, b"second", replace=False)
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", fail)  # any other error still surfaces
+    with pytest.raises(OSError, match="Input/output"):
+        atomic_write(tmp_path / "other.json", b"x", replace=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
