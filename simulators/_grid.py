@@ -13,11 +13,14 @@ from collections.abc import Callable
 _NEGLIGIBLE = 30.0  # cells more than e^-30 below the peak are treated as empty
 
 
-def _centers(low: torch.Tensor, high: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = (high - low) / n
-    axes = [low[i] + width[i] * (torch.arange(n, dtype=torch.float64) + 0.5) for i in range(2)]
-    a, b = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([a.reshape(-1), b.reshape(-1)], dim=-1), width
+def cell_centers(low: torch.Tensor, high: torch.Tensor, sizes: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The centers :math:`(\prod_i n_i, D)` of a regular grid of cells on the box ``[low, high]``,
+    ``sizes[i]`` cells along dimension i (one int: the same along each), and the cells' widths."""
+
+    sizes = (sizes,) * len(low) if isinstance(sizes, int) else tuple(sizes)
+    width = (high - low) / torch.tensor(sizes, dtype=low.dtype)
+    axes = [low[i] + width[i] * (torch.arange(n, dtype=low.dtype) + 0.5) for i, n in enumerate(sizes)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(sizes)), width
 
 
 def grid_posterior(
@@ -35,13 +38,13 @@ def grid_posterior(
     """
 
     low, high = low.double(), high.double()
-    points, width = _centers(low, high, cells)
+    points, width = cell_centers(low, high, cells)
     log_p = log_density(points)
     occupied = points[log_p > log_p.max() - _NEGLIGIBLE]
     # refine onto the occupied box, one coarse cell of margin on each side
     low = torch.maximum(occupied.min(0).values - width, low)
     high = torch.minimum(occupied.max(0).values + width, high)
-    points, width = _centers(low, high, cells)
+    points, width = cell_centers(low, high, cells)
     log_p = log_density(points)
     weights = torch.exp(log_p - log_p.max())
     generator = torch.Generator().manual_seed(seed)

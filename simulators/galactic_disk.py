@@ -49,6 +49,8 @@ from torch.distributions import Distribution, constraints
 
 import sbikit
 
+from ._grid import cell_centers
+
 G = 4.30091e-3  # pc (km/s)^2 / M_sun
 DISK_SCALE = 250.0  # D, pc
 POSITION_ERROR = 20.0  # pc
@@ -184,12 +186,6 @@ def log_likelihood(theta: torch.Tensor, stars: torch.Tensor, chunk: int = 2_048)
     return torch.cat(out)
 
 
-def _cells(low: torch.Tensor, high: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = (high - low) / torch.tensor(sizes, dtype=torch.float64)
-    axes = [low[i] + width[i] * (torch.arange(n, dtype=torch.float64) + 0.5) for i, n in enumerate(sizes)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(sizes)), width
-
-
 def reference_posterior(x: torch.Tensor, num_samples: int, seed: int = 0, proposals: int = 10) -> torch.Tensor:
     r"""Draws :math:`(n, 3)` from the exact posterior of :math:`(\Sigma_D, \rho_{DM}, \sigma)`
     given one galaxy's observed stars :math:`(m, 2)`, under :func:`prior`.
@@ -213,12 +209,12 @@ def reference_posterior(x: torch.Tensor, num_samples: int, seed: int = 0, propos
     high[2] = min(float(high[2]), spread + margin)
     if low[2] >= high[2]:
         raise ValueError(f"x's velocity dispersion, {spread:.1f} km/s, lies far outside the prior's [15, 30].")
-    points, width = _cells(low, high, (24, 24, 24))
+    points, width = cell_centers(low, high, (24, 24, 24))
     log_p = log_likelihood(points, stars)
     kept = points[log_p > log_p.max() - 25]
     low = torch.maximum(kept.min(0).values - width, low)
     high = torch.minimum(kept.max(0).values + width, high)
-    points, width = _cells(low, high, (40, 40, 24))
+    points, width = cell_centers(low, high, (40, 40, 24))
     log_p = log_likelihood(points, stars)
     generator = torch.Generator().manual_seed(seed)
     count = proposals * num_samples
