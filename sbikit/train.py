@@ -34,6 +34,7 @@ from .runs.store import digest
 
 
 _AUTOMATIC = ("batch_size", "learning_rate", "max_epochs")
+_BASE_RATE = 1.6e-3  # the automatic learning rate at 256 rows per batch
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class TrainConfig:
             two nearest :math:`n / 4`, between 32 and 2,048.
         learning_rate: AdamW's initial learning rate, decayed to zero by a cosine
             schedule over ``max_epochs``; None gives
-            :math:`10^{-3} \sqrt{\text{batch size} / 256}`.
+            :math:`1.6 \cdot 10^{-3} \sqrt{\text{batch size} / 256}` (see :meth:`resolve`).
         max_epochs: The passes over the training rows; None gives about ``steps``
             gradient steps, and at least 30 epochs.
         steps: The number of gradient steps that sets ``max_epochs`` when it is None.
@@ -79,9 +80,9 @@ class TrainConfig:
 
     Example:
         >>> TrainConfig().resolve(9_000)
-        (2048, 0.0028284271247461905, 200)
+        (2048, 0.004525483399593904, 200)
         >>> TrainConfig(batch_size=128, max_epochs=50).resolve(9_000)
-        (128, 0.0007071067811865476, 50)
+        (128, 0.001131370849898476, 50)
     """
 
     batch_size: int | None = None
@@ -139,12 +140,17 @@ class TrainConfig:
         grows with the square root of the batch size; and a cosine schedule over a
         fixed number of steps ends at a small learning rate, where early stopping
         on a constant rate would still be noisy.
+
+        The base rate, :math:`1.6 \cdot 10^{-3}` at 256 rows, replaced :math:`10^{-3}`: on
+        two_moons at 10,000 simulations it lowered NPE's mean C2ST over eight training
+        seeds from 0.559 to 0.547, and training stopped sooner. On ``benchmarks/npe.py``'s
+        other rows (one seed each) the C2ST moved by between -0.004 and +0.013.
         """
 
         batch = self.batch_size
         if batch is None:
             batch = 2 ** min(max(round(math.log2(max(num_rows, 1) / 4)), 5), 11)
-        rate = self.learning_rate if self.learning_rate is not None else 1e-3 * math.sqrt(batch / 256)
+        rate = self.learning_rate if self.learning_rate is not None else _BASE_RATE * math.sqrt(batch / 256)
         epochs = self.max_epochs
         if epochs is None:
             epochs = max(30, math.ceil(self.steps / math.ceil(num_rows / batch)))
