@@ -24,7 +24,8 @@ first simulator at the largest budget, each method draws 1,000 samples for each
 of M held-out observations; sbikit in one call with the observations as a batch,
 sbi in its documented loop over the observations (and, reported alongside, sbi's
 own ``sample_batched``). Each way of sampling is called once on 20 observations
-before it is timed, so that no method pays for first-call set-up.
+before it is timed, so that no method pays for first-call set-up, and is then timed
+three times; the table gives the median, and the log line all three.
 
 Columns: the mean (and max) C2ST over the observations (0.5 is perfect), the
 number of training epochs, the training time in seconds, the sampling rate in
@@ -73,6 +74,7 @@ METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
 BASELINE = "sbi-maf"
 NUM_SAMPLES = 10_000
 AMORTIZED_SAMPLES = 1_000
+AMORTIZED_REPEATS = 3  # timed calls per method and way of sampling; the median is reported
 OBSERVATION_SEED_OFFSET = 1_000_000  # observations never share the training seed
 REFERENCE_SEED_OFFSET = 2_000_000
 
@@ -214,19 +216,24 @@ def run_method(method, prior, data, x_obs, references, seed, label) -> tuple[Row
 
 def amortized(samplers: dict[str, Sampler], x_many: torch.Tensor) -> list[list[str]]:
     r"""Times ``AMORTIZED_SAMPLES`` samples for each of the observations ``x_many``,
-    per method and way of sampling; returns table lines (method, how, seconds, samples/s)."""
+    per method and way of sampling (the median of ``AMORTIZED_REPEATS`` calls); returns table
+    lines (method, how, seconds, samples/s)."""
 
     lines = []
     for method, sampler in samplers.items():
         for how, many in sampler.many.items():
             many(AMORTIZED_SAMPLES, x_many[:20])  # a warm-up call, the same for every method
-            start = time.perf_counter()
-            samples = many(AMORTIZED_SAMPLES, x_many)
-            seconds = time.perf_counter() - start
+            timings = []
+            for _ in range(AMORTIZED_REPEATS):
+                start = time.perf_counter()
+                samples = many(AMORTIZED_SAMPLES, x_many)
+                timings.append(time.perf_counter() - start)
+            seconds = sorted(timings)[len(timings) // 2]
             if samples.shape[:2] != (AMORTIZED_SAMPLES, len(x_many)):
                 raise RuntimeError(f"{method} ({how}) returned samples of shape {tuple(samples.shape)}.")
-            lines.append([method, how, f"{seconds:.1f}", f"{samples.shape[0] * samples.shape[1] / seconds:,.0f}"])
-            print(f"amortized: {method} ({how}): {seconds:.1f} s for {len(x_many):,} observations", flush=True)
+            lines.append([method, how, f"{seconds:.2f}", f"{samples.shape[0] * samples.shape[1] / seconds:,.0f}"])
+            print(f"amortized: {method} ({how}): {seconds:.2f} s for {len(x_many):,} observations (timings "
+                  f"{', '.join(f'{t:.2f}' for t in timings)} s)", flush=True)
     return lines
 
 
