@@ -22,18 +22,16 @@ __all__ = ["MixedEffects", "StateSpace", "euler_maruyama", "gillespie"]
 
 import numpy as np
 import torch
-import warnings
 
 from collections.abc import Callable
 from torch import Tensor
 from torch.distributions import Distribution
-from tqdm.auto import tqdm
 
 from ._checks import check_count
-from .data import Failure, Simulations, as_float_tensor, failure_summary
+from .data import Failure, Simulations, as_float_tensor
 from .priors import check_prior
-from .runs.randomness import RowStreams, keyed_words, warn_unattributed
-from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, root_seed, simulation_seeds, stream_keys
+from .runs.randomness import RowStreams, keyed_words
+from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, simulation_seeds, stream_keys
 from .runs.chunk import batch_seed, draw_prior, isolated_global_generators
 
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
@@ -77,23 +75,6 @@ def _record_nonfinite(failures: list[Failure], rows, start: int, source: str) ->
             continue
         kind = "nan" if bool(torch.isnan(values).any()) else "inf"
         failures.append(Failure(start + i, kind, f"{source} returned {kind}"))
-
-
-def _run_chunks(model, num_simulations: int, seed: int | None, batch_size: int, show_progress, unit: str):
-    r"""Runs ``model.run_chunk`` over consecutive chunks with a progress bar; returns the root seed
-    and the chunks' results."""
-
-    num_simulations = check_count(num_simulations, "num_simulations")
-    batch_size = check_count(batch_size, "batch_size")
-    root = root_seed(seed)
-    chunks = []
-    disable = None if show_progress is None else not show_progress
-    with tqdm(total=num_simulations, desc="simulating", unit=unit, disable=disable) as bar:
-        for start in range(0, num_simulations, batch_size):
-            stop = min(start + batch_size, num_simulations)
-            chunks.append(model.run_chunk(root, start, stop))
-            bar.update(stop - start)
-    return root, chunks
 
 
 class MixedEffects:
@@ -238,8 +219,35 @@ class MixedEffects:
                 raise
             except Exception:  # noqa: BLE001 - one group's error must not sink the others: retry each
                 local, x, failures, unattributed = self._one_by_one(g, counts, members, start)
-        _record_nonfinite(failures, x.split(counts.tolist()), start, "member_simulator")
+        if x is not None:
+            _record_nonfinite(failures, x.split(counts.tolist()), start, "member_simulator")
         return theta, x, local, counts, failures, unattributed
+
+    @property
+    def min_width(self) -> int:
+        r"""The members axis of simulated data is at least this wide: the largest count
+        ``num_members`` allows, if it says (0 for a function)."""
+
+        return self.max_members or 0
+
+    def padded_chunk(self, root: int, start: int, stop: int):
+        r"""Simulates groups ``start`` to ``stop - 1``, their members padded to the chunk's largest
+        count: global parameters :math:`(n, G)`, members :math:`(n, W, L)` (NaN for every member of a
+        failed group), the mask :math:`(n, W)`, the locals :math:`(n, W, K)`, the failures, and
+        whether some draws could not be split per member. Members and locals are None if every
+        group raised."""
+
+        theta, flat, flat_local, counts, failures, unattributed = self.run_chunk(root, start, stop)
+        if flat is None:
+            return theta, None, None, None, failures, unattributed
+        mask = torch.arange(int(counts.max())) < torch.from_numpy(counts).unsqueeze(1)
+        x = flat.new_zeros((len(theta), mask.shape[1], flat.shape[1]))
+        local = flat_local.new_zeros((len(theta), mask.shape[1], flat_local.shape[1]))
+        x[mask] = flat
+        local[mask] = flat_local
+        for f in failures:  # a failed group is a NaN row, whatever its members returned
+            x[f.index - start, : counts[f.index - start]] = torch.nan
+        return theta, x, mask, local, failures, unattributed
 
     def _one_by_one(self, g: Tensor, counts: np.ndarray, members: np.ndarray, start: int):
         offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -253,13 +261,15 @@ class MixedEffects:
             except _ContractError:
                 raise
             except Exception as error:  # noqa: BLE001 - recorded, counted and reported
-                failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}"))
+                failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}", type(error).__name__))
                 local, x = None, None
             locals_.append(local)
             xs.append(x)
         shapes = {(t.shape[1], u.shape[1]) for t, u in zip(xs, locals_) if t is not None}
-        if not shapes:
-            raise RuntimeError(f"all simulations {start} to {start + len(counts) - 1} raised: {failures[0].message}")
+        if not shapes:  # every group raised
+            return None, None, failures, unattributed
+        if len(shapes) > 1:
+            raise _ShapeError(f"members have different numbers of features or local parameters: {sorted(shapes)}.")
         width, k = shapes.pop()
         nan = float("nan")
         x = torch.cat([t if t is not None else torch.full((int(c), width), nan) for t, c in zip(xs, counts)])
@@ -274,30 +284,12 @@ class MixedEffects:
         batch_size: int = 1000,
         show_progress: bool | None = None,
     ) -> Simulations:
-        r"""Simulates ``num_simulations`` groups; see :func:`sbikit.simulate`."""
+        r"""Simulates ``num_simulations`` groups in this process; see :func:`sbikit.simulate`, which
+        also runs them in worker processes or on a Dask cluster, and into a store."""
 
-        root, chunks = _run_chunks(self, num_simulations, seed, batch_size, show_progress, "group")
-        theta = torch.cat([c[0] for c in chunks])
-        counts = np.concatenate([c[3] for c in chunks])
-        widths = {(c[1].shape[1], c[2].shape[1]) for c in chunks}
-        if len(widths) > 1:
-            raise ValueError(f"members have different numbers of features or local parameters: {sorted(widths)}.")
-        width = max(int(counts.max()), self.max_members or 0)
-        mask = torch.arange(width) < torch.from_numpy(counts).unsqueeze(1)
-        x = torch.zeros(len(theta), width, chunks[0][1].shape[1])
-        local = torch.zeros(len(theta), width, chunks[0][2].shape[1])
-        x[mask] = torch.cat([c[1] for c in chunks])
-        local[mask] = torch.cat([c[2] for c in chunks])
-        failures = [f for c in chunks for f in c[4]]
-        for f in failures:  # a failed group is a NaN row, whatever its members returned
-            x[f.index, : counts[f.index]] = torch.nan
-        if any(c[5] for c in chunks):
-            warn_unattributed()
-        if failures:
-            warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
-        return Simulations(
-            theta=theta, x=x, seed=root, failures=tuple(failures), mask=mask, structure="set", theta_local=local
-        )
+        from .runs.simulate import simulate
+
+        return simulate(self, num_simulations, seed=seed, batch_size=batch_size, show_progress=show_progress)
 
     def __repr__(self) -> str:
         return (
@@ -621,15 +613,32 @@ class StateSpace:
                     except _ContractError:
                         raise
                     except Exception as error:  # noqa: BLE001 - recorded, counted and reported
-                        failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}"))
+                        failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}", type(error).__name__))
                         rows.append(None)
-                width = next((r.shape[-1] for r in rows if r is not None), None)
-                if width is None:
-                    raise RuntimeError(f"all simulations {start} to {stop - 1} raised: {failures[0].message}")
-                nan = torch.full((times.shape[1], width), torch.nan)
+                widths = {r.shape[-1] for r in rows if r is not None}
+                if not widths:  # every series raised
+                    return theta, None, mask, failures, unattributed
+                if len(widths) > 1:
+                    raise _ShapeError(f"the model returned observations with different numbers of features: {sorted(widths)}.")
+                nan = torch.full((times.shape[1], widths.pop()), torch.nan)
                 x = torch.stack([r if r is not None else nan for r in rows])
         _record_nonfinite(failures, (row[present] for row, present in zip(x, mask)), start, "the model")
         return theta, x, mask, failures, unattributed
+
+    min_width = 0  # the time axis of simulated data is as long as the longest series
+
+    def padded_chunk(self, root: int, start: int, stop: int):
+        r"""Simulates series ``start`` to ``stop - 1``: parameters, observations :math:`(n, T, 1 + X)`
+        (NaN at every step of a failed series), the mask, None (no local parameters), the
+        failures, and whether some draws could not be split per series. The observations are
+        None if every series raised."""
+
+        theta, x, mask, failures, unattributed = self.run_chunk(root, start, stop)
+        if x is None:
+            return theta, None, None, None, failures, unattributed
+        for f in failures:
+            x[f.index - start][mask[f.index - start]] = torch.nan
+        return theta, x, mask, None, failures, unattributed
 
     def simulate(
         self,
@@ -639,29 +648,12 @@ class StateSpace:
         batch_size: int = 1000,
         show_progress: bool | None = None,
     ) -> Simulations:
-        r"""Simulates ``num_simulations`` series; see :func:`sbikit.simulate`."""
+        r"""Simulates ``num_simulations`` series in this process; see :func:`sbikit.simulate`, which
+        also runs them in worker processes or on a Dask cluster, and into a store."""
 
-        root, chunks = _run_chunks(self, num_simulations, seed, batch_size, show_progress, "series")
-        widths = {c[1].shape[-1] for c in chunks}
-        if len(widths) > 1:
-            raise ValueError(f"observations have different numbers of features across batches: {sorted(widths)}.")
-        length = max(c[1].shape[1] for c in chunks)
+        from .runs.simulate import simulate
 
-        def pad(value: Tensor, fill: float | bool) -> Tensor:
-            extra = length - value.shape[1]
-            return torch.cat([value, torch.full((value.shape[0], extra, *value.shape[2:]), fill, dtype=value.dtype)], 1)
-
-        x = torch.cat([pad(c[1], 0.0) for c in chunks])
-        mask = torch.cat([pad(c[2], False) for c in chunks])
-        failures = [f for c in chunks for f in c[3]]
-        for f in failures:
-            x[f.index][mask[f.index]] = torch.nan
-        if any(c[4] for c in chunks):
-            warn_unattributed()
-        if failures:
-            warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=3)
-        theta = torch.cat([c[0] for c in chunks])
-        return Simulations(theta=theta, x=x, seed=root, failures=tuple(failures), mask=mask, structure="series")
+        return simulate(self, num_simulations, seed=seed, batch_size=batch_size, show_progress=show_progress)
 
     def __repr__(self) -> str:
         grid = f"{len(self.times)} fixed times" if isinstance(self.times, Tensor) else "times drawn per series"

@@ -131,3 +131,21 @@ def train(directory: str | None, every: int = 1):
     config = TrainConfig(batch_size=64, max_epochs=12, learning_rate=1e-2, show_progress=False,
                          checkpoint=directory, checkpoint_every=every)
     return fit(Regression(), regression_data(), config)
+
+
+# a mixed-effects model for runs on workers and into stores: one global mean, members around it
+def group_locals(g):
+    return torch.distributions.Independent(torch.distributions.Normal(g, 0.5), 1)
+
+
+def group_members(g, local):
+    if os.environ.get("SBIKIT_TEST_GROUPS_RAISE") and bool((g[:, 0] > 0.8).any()):
+        raise ValueError("a global mean above 0.8")  # NaN rows for those groups, recorded
+    if any(_is(row, "SBIKIT_TEST_HANG") for row in g):  # one group's members hang
+        time.sleep(3600)
+    return local + 0.1 * torch.randn_like(local)
+
+
+def groups():
+    return sbikit.MixedEffects(sbikit.BoxUniform(-torch.ones(1), torch.ones(1)), group_locals, group_members,
+                               num_members=(2, 6))

@@ -351,6 +351,30 @@ def test_a_dask_local_cluster_run_equals_the_serial_run(tmp_path):
     assert torch.equal(serial.x, data.x) and torch.equal(serial.theta, data.theta)
 
 
+def test_a_structured_model_on_a_dask_cluster_equals_the_serial_run(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    ou = sbikit.simulators.ornstein_uhlenbeck.model()
+    serial = sbikit.simulate(ou, 60, seed=0, batch_size=25, **quiet())
+    with distributed.Client(distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
+                                                     processes=True)) as client:
+        data = sbikit.simulate(ou, 60, seed=0, batch_size=8, executor=client, store=tmp_path / "b", **quiet())
+    assert torch.equal(serial.x, data.x) and torch.equal(serial.mask, data.mask) and data.structure == "series"
+
+
+def test_a_hanging_group_of_a_structured_model_times_out_alone(monkeypatch):
+    model = faulty.groups()
+    clean = sbikit.simulate(model, 12, seed=0, batch_size=6, **quiet())
+    culprit = 4
+    monkeypatch.setenv("SBIKIT_TEST_HANG", repr(float(clean.theta[culprit, 0])))  # the workers inherit it
+    with pytest.warns(RuntimeWarning, match="1 timed out"):
+        data = sbikit.simulate(model, 12, seed=0, batch_size=6, timeout=1, retries=0, **quiet())
+    [failure] = data.failures
+    assert failure.index == culprit and failure.status == "timeout"
+    ok = torch.arange(12) != culprit
+    assert torch.equal(data.x[ok], clean.x[ok]) and torch.equal(data.mask[ok], clean.mask[ok])
+    assert not data.valid[culprit] and not data.mask[culprit].any()  # its members are unknown
+
+
 def test_a_hanging_simulation_times_out_under_dask(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     n, culprit = 40, 13

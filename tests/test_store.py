@@ -149,10 +149,47 @@ def test_bad_run_options_are_named(arguments, error, message):
         sbikit.simulate(faulty.noisy, PRIOR, 10, seed=0, **arguments)
 
 
-def test_structured_models_refuse_run_options():
-    ou = sbikit.simulators.ornstein_uhlenbeck.model()
-    with pytest.raises(TypeError, match="not supported for a StateSpace"):
-        sbikit.simulate(ou, num_simulations=10, seed=0, workers=2)
+def test_a_structured_model_runs_on_workers_into_a_store_as_in_memory(tmp_path, monkeypatch, quick):
+    monkeypatch.setenv("SBIKIT_TEST_GROUPS_RAISE", "1")  # the spawned workers inherit it
+    model = faulty.groups()
+    with pytest.warns(RuntimeWarning, match="raised"):
+        memory = sbikit.simulate(model, 60, seed=0, batch_size=16, **quiet())
+    with pytest.warns(RuntimeWarning, match="raised"):
+        stored = sbikit.simulate(model, 60, seed=0, batch_size=7, workers=2, store=tmp_path / "a", **quiet())
+    failed = [f.index for f in memory.failures]
+    assert len(failed) == 9 and failed == [i for i in range(60) if memory.theta[i, 0] > 0.8]
+    assert [f.index for f in stored.failures] == failed and stored.structure == "set"
+    for name in ("x", "mask", "theta_local"):
+        assert torch.equal(getattr(stored, name).nan_to_num(7.0), getattr(memory, name).nan_to_num(7.0)), name
+    assert stored.x.shape[1] == 6  # padded to the largest count that num_members allows
+    # shards are padded to their own widest group; the store pads them to the run's
+    store = open_store(tmp_path / "a")
+    assert store.structure == "set" and store.x_shape == (6, 1)
+    assert {np.load(p)["x"].shape[1] for p in (tmp_path / "a" / "shards").glob("*.npz")} >= {6}
+    # an interrupted run: two shards lost, done again on resume, and the same data
+    for path in sorted((tmp_path / "a" / "shards").glob("*.npz"))[2:4]:
+        path.unlink()
+    with pytest.warns(RuntimeWarning, match="raised"):
+        resumed = sbikit.simulate(model, 60, seed=0, batch_size=7, store=tmp_path / "a", **quiet())
+    assert torch.equal(resumed.x.nan_to_num(7.0), memory.x.nan_to_num(7.0))
+    with pytest.warns(RuntimeWarning, match="excluding 9 of 60"):
+        posterior = sbikit.NPE(model.prior, training=quick).fit(open_store(tmp_path / "a"))
+    assert type(posterior.network.summary).__name__ == "DeepSet"
+    with pytest.warns(RuntimeWarning, match="excluding 9 of 60"):
+        joint = sbikit.HierarchicalNPE(model, training=quick).fit(open_store(tmp_path / "a"))
+    assert joint.sample_joint(3, x=resumed.x[0, : int(resumed.mask[0].sum())])[1].shape == (3, int(resumed.mask[0].sum()), 1)
+    # the model's functions are part of what a store checks
+    other = sbikit.MixedEffects(model.global_prior, faulty.group_locals, faulty.noisy, num_members=(2, 6))
+    with pytest.raises(StoreError, match="the simulator"):
+        sbikit.simulate(other, 60, seed=0, batch_size=7, store=tmp_path / "a", **quiet())
+
+
+def test_a_structured_store_records_its_structure_and_a_newer_schema(tmp_path):
+    sbikit.simulate(sbikit.simulators.ornstein_uhlenbeck.model(), 20, seed=0, store=tmp_path / "a", **quiet())
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["schema"] == 2 and manifest["options"]["structure"] == "series"
+    store = open_store(tmp_path / "a")
+    assert store.mask is not None and store.theta_local is None and store.x.shape[:2] == store.mask.shape
 
 
 def test_a_store_larger_than_memory_is_streamed(tmp_path, monkeypatch, quick):

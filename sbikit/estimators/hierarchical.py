@@ -293,8 +293,11 @@ class HierarchicalNPE:
         self.max_member_rows = check_count(max_member_rows, "max_member_rows")
 
     def fit(self, data: Simulations) -> HierarchicalPosterior:
-        r"""Trains both factors on mixed-effects simulations (``sbikit.simulate(model, ...)``)."""
+        r"""Trains both factors on mixed-effects simulations (``sbikit.simulate(model, ...)``), in
+        memory or in a store (:func:`sbikit.open_store`), which is read into memory."""
 
+        if not isinstance(data, Simulations) and callable(getattr(data, "simulations", None)):
+            data = data.simulations()
         if not isinstance(data, Simulations) or data.structure != "set" or data.theta_local is None:
             raise TypeError(
                 "HierarchicalNPE needs mixed-effects simulations with local parameters: "

@@ -20,7 +20,7 @@ batched numpy                  numpy's global generator               no: seeded
 =============================  =====================================  ==============================
 """
 
-__all__ = ["Chunk", "draw_prior", "run_chunk"]
+__all__ = ["Chunk", "draw_prior", "run_chunk", "run_model_chunk", "stack_outputs"]
 
 import contextlib
 import numpy as np
@@ -61,6 +61,10 @@ class Chunk:
             process that ran it; None elsewhere.
         traceback: That exception's formatted traceback, which travels between processes.
         attempts: Which attempt produced each simulation's result, :math:`(n,)`; set by executors.
+        mask: For sets and series (a structured model's chunk), which members or time
+            steps are present, :math:`(n, W)`; :math:`x` is then :math:`(n, W, L)`, padded to
+            the chunk's widest row.
+        local: For mixed effects, each member's local parameters, :math:`(n, W, K)`.
     """
 
     theta: Tensor
@@ -72,6 +76,8 @@ class Chunk:
     error: BaseException | None = None
     traceback: str = ""
     attempts: np.ndarray | None = None
+    mask: Tensor | None = None
+    local: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.theta)
@@ -284,6 +290,54 @@ def _check_shapes(shapes: set) -> torch.Size:
     return next(iter(shapes))
 
 
+def _widen(value: Tensor, width: int, fill: float | bool) -> Tensor:
+    r"""Pads ``value`` along its second axis to ``width`` entries of ``fill``."""
+
+    extra = width - value.shape[1]
+    if extra == 0:
+        return value
+    return torch.cat([value, torch.full((value.shape[0], extra, *value.shape[2:]), fill, dtype=value.dtype)], 1)
+
+
+def stack_outputs(parts: list[tuple[int, Tensor | None, Tensor | None, Tensor | None]], width: int = 0,
+                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    r"""Stacks consecutive pieces of a run, ``(rows, x, mask, local)`` each, into :math:`x`, the
+    mask and the local parameters of all their rows.
+
+    A piece without outputs (every simulation in it failed, or has not run) gives NaN
+    rows. Pieces of a structured model (with a mask) are padded along the member or
+    time axis to the widest piece, and to at least ``width``: with zeros in :math:`x`
+    and the local parameters, and False in the mask, so that a piece without outputs
+    has no member present. Unstructured outputs must share their shape.
+
+    Returns:
+        :math:`x`, or None if no piece has outputs; the mask and the local parameters,
+        or None where the pieces have none.
+
+    Raises:
+        ValueError: If the pieces' outputs differ in shape (beyond the padded axis).
+    """
+
+    present = [(x, mask, local) for _, x, mask, local in parts if x is not None]
+    if not present:
+        return None, None, None
+    if all(mask is None for _, mask, _ in present):
+        shape = _check_shapes({x.shape[1:] for x, _, _ in present})
+        return torch.cat([x if x is not None else torch.full((n, *shape), torch.nan) for n, x, _, _ in parts]), None, None
+    width = max([width] + [x.shape[1] for x, _, _ in present])
+    features = _check_shapes({x.shape[2:] for x, _, _ in present})
+    x = torch.cat([_widen(x, width, 0.0) if x is not None else torch.full((n, width, *features), torch.nan)
+                   for n, x, _, _ in parts])
+    mask = torch.cat([_widen(m, width, False) if x is not None else torch.zeros((n, width), dtype=torch.bool)
+                      for n, x, m, _ in parts])
+    local = None
+    if any(local is not None for _, _, local in present):
+        k = _check_shapes({local.shape[2:] for _, _, local in present if local is not None})
+        local = torch.cat([_widen(u, width, 0.0) if u is not None else torch.full((n, width, *k), torch.nan)
+                           for n, _, _, u in parts])
+    return x, mask, local
+
+
 def _assemble(rows: Tensor | list, failures: list[Failure], start: int) -> Tensor | None:
     r"""Stacks the rows (a list with None for failures, or a whole batch), with NaN
     rows for failures, and records non-finite outputs."""
@@ -349,3 +403,37 @@ def run_chunk(
             unattributed = False
     x = _assemble(rows, failures, start)
     return Chunk(theta, x, failures, unattributed, runner.global_draws, runner.durations, runner.error)
+
+
+def run_model_chunk(
+    model: object,
+    prior: Distribution,
+    root: int,
+    start: int,
+    stop: int,
+    *,
+    theta: Tensor | None = None,
+    batched: bool = True,
+    numpy: bool = False,
+    rng: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Chunk:
+    r"""Runs simulations ``start`` to ``stop - 1`` of a structured model
+    (:class:`sbikit.MixedEffects`, :class:`sbikit.StateSpace`), as :func:`run_chunk` does a
+    simulator's: the chunk's sets or series come padded to its widest row, with
+    ``Chunk.mask``, and for mixed effects the members' local parameters in ``Chunk.local``.
+
+    ``prior`` is the model's (executors read it from the chunk function's arguments),
+    and ``batched``, ``numpy`` and ``rng`` do not apply. The model draws the chunk's
+    parameters itself, from the same seeds and so with the same values as ``theta``.
+    """
+
+    began = time.perf_counter()
+    with _GLOBAL_STATE:
+        drawn, x, mask, local, failures, unattributed = model.padded_chunk(root, start, stop)
+    n = stop - start
+    if progress is not None:
+        progress(n)
+    durations = np.full(n, (time.perf_counter() - began) / n)
+    return Chunk(drawn if theta is None else theta, x, failures, unattributed, durations=durations, mask=mask,
+                 local=local)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from torch import Tensor
 
-from .chunk import Chunk, _check_shapes, draw_prior
+from .chunk import Chunk, draw_prior, stack_outputs
 from .seeds import simulation_seeds
 from ..data import Failure
 
@@ -55,17 +55,22 @@ class Task:
         return self.stop - self.start
 
 
+_ARRAYS = ("theta", "x", "mask", "local")  # a chunk's tensors
+
+
 def _to_numpy(chunk: Chunk) -> Chunk:
     r"""Tensors pickle through torch's own serializer, a millisecond each; arrays travel faster."""
 
-    chunk.theta = chunk.theta.numpy()
-    chunk.x = None if chunk.x is None else chunk.x.numpy()
+    for name in _ARRAYS:
+        value = getattr(chunk, name)
+        setattr(chunk, name, None if value is None else value.numpy())
     return chunk
 
 
 def _to_torch(chunk: Chunk) -> Chunk:
-    chunk.theta = torch.from_numpy(chunk.theta)
-    chunk.x = None if chunk.x is None else torch.from_numpy(chunk.x)
+    for name in _ARRAYS:
+        value = getattr(chunk, name)
+        setattr(chunk, name, None if value is None else torch.from_numpy(value))
     return chunk
 
 
@@ -77,11 +82,7 @@ def concatenate(theta: Tensor, pieces: list[tuple[int, Chunk, int]], start: int)
     r"""Joins chunks ``(start, chunk, attempt)`` that tile ``theta``'s rows into one chunk."""
 
     pieces = sorted(pieces, key=lambda p: p[0])
-    shapes = {c.x.shape[1:] for _, c, _ in pieces if c.x is not None}
-    x = None
-    if shapes:
-        shape = _check_shapes(shapes)
-        x = torch.cat([c.x if c.x is not None else torch.full((len(c), *shape), torch.nan) for _, c, _ in pieces])
+    x, mask, local = stack_outputs([(len(c), c.x, c.mask, c.local) for _, c, _ in pieces])
     failures = sorted((f for _, c, _ in pieces for f in c.failures), key=lambda f: f.index)
     errors = [c for _, c, _ in pieces if c.error is not None or c.traceback]
     out = Chunk(
@@ -93,6 +94,8 @@ def concatenate(theta: Tensor, pieces: list[tuple[int, Chunk, int]], start: int)
         np.concatenate([c.durations for _, c, _ in pieces]),
         errors[0].error if errors else None,
         errors[0].traceback if errors else "",
+        mask=mask,
+        local=local,
     )
     out.attempts = np.concatenate([np.full(len(c), a, np.uint8) for _, c, a in pieces])
     return out

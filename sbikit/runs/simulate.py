@@ -29,11 +29,11 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from .chunk import Chunk, _check_shapes, draw_prior, run_chunk
+from .chunk import Chunk, draw_prior, run_chunk, run_model_chunk, stack_outputs
 from .executors import DaskExecutor, ProcessExecutor, SerialExecutor, Task, preflight
 from .randomness import warn_unattributed
 from .seeds import root_seed, simulation_seed, simulation_seeds
-from .store import SCHEMA, Store, versions
+from .store import SCHEMA, STRUCTURED_SCHEMA, Store, versions
 from .._checks import check_count
 from ..data import STATUSES, Failure, Simulations, failure_summary
 from ..priors import check_prior, prior_fingerprint
@@ -47,9 +47,34 @@ class SimulationError(RuntimeError):
     r"""A run stopped: a simulation raised under ``on_error="raise"``, or too many failed."""
 
 
+def _is_model(simulator: object) -> bool:
+    r"""Whether ``simulator`` is a structured model (:class:`sbikit.MixedEffects`, :class:`sbikit.StateSpace`)."""
+
+    return not isinstance(simulator, type) and getattr(simulator, "structure", None) is not None and hasattr(
+        simulator, "padded_chunk")
+
+
 def simulator_fingerprint(simulator: Callable) -> dict:
     r"""Names a simulator and hashes its source, to recognize it when a store is resumed."""
 
+    if _is_model(simulator):
+        # a structured model: its class (by name: sbikit's code is in the manifest's versions), and
+        # each function, distribution and setting it holds
+        model, parts = type(simulator), []
+        for key, value in sorted(vars(simulator).items()):
+            if key == "parameter_names":  # labels, which change no simulation
+                continue
+            if isinstance(value, Distribution):
+                part = prior_fingerprint(value)
+            elif isinstance(value, Tensor):
+                part = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+            elif callable(value):
+                part = simulator_fingerprint(value)
+            else:
+                part = repr(value)
+            parts.append(f"{key}={part}")
+        return {"name": f"{model.__module__}.{model.__qualname__}",
+                "code": hashlib.sha256(repr(parts).encode()).hexdigest()[:16]}
     if isinstance(simulator, functools.partial):
         inner = simulator_fingerprint(simulator.func)
         extra = repr((simulator.args, sorted(simulator.keywords.items())))
@@ -90,15 +115,11 @@ class _Memory:
         self.chunks[start] = (chunk, failures)
         self.done[start : start + len(chunk)] = True
 
-    def result(self, root: int) -> tuple[Tensor | None, list[Failure], bool, bool]:
+    def result(self, width: int = 0) -> tuple[Tensor | None, Tensor | None, Tensor | None, list[Failure], bool, bool]:
         chunks = [self.chunks[k][0] for k in sorted(self.chunks)]
         failures = [f for k in sorted(self.chunks) for f in self.chunks[k][1]]
-        shapes = {c.x.shape[1:] for c in chunks if c.x is not None}
-        x = None
-        if shapes:
-            shape = _check_shapes(shapes)
-            x = torch.cat([c.x if c.x is not None else torch.full((len(c), *shape), torch.nan) for c in chunks])
-        return x, failures, any(c.unattributed for c in chunks), any(c.global_draws for c in chunks)
+        x, mask, local = stack_outputs([(len(c), c.x, c.mask, c.local) for c in chunks], width)
+        return x, mask, local, failures, any(c.unattributed for c in chunks), any(c.global_draws for c in chunks)
 
 
 def _write(sink, task: Task, chunk: Chunk, failures: list[Failure]) -> None:
@@ -108,9 +129,13 @@ def _write(sink, task: Task, chunk: Chunk, failures: list[Failure]) -> None:
     status = np.zeros(len(task), np.uint8)
     for f in failures:
         status[f.index - task.start] = _CODES[f.kind]
+    def array(value: Tensor | None) -> np.ndarray | None:
+        return None if value is None else value.numpy()
+
     sink.write_shard(
-        task.start, None if chunk.x is None else chunk.x.numpy(), status, chunk.durations, chunk.attempts, failures,
+        task.start, array(chunk.x), status, chunk.durations, chunk.attempts, failures,
         {"unattributed": chunk.unattributed, "global_draws": chunk.global_draws},
+        mask=array(chunk.mask), local=array(chunk.local),
     )
 
 
@@ -143,7 +168,7 @@ def _executor(function: Callable, simulator: Callable, prior: Distribution, root
     # pre-flight: a pickle round trip, and a couple of simulations here, where a traceback is clean
     # (not under a timeout, which only a worker process can enforce)
     payload = preflight(function, simulator)
-    probe = run_chunk(simulator, prior, root, 0, min(2, n), **options) if timeout is None else None
+    probe = function(0, min(2, n)) if timeout is None else None
     if probe is not None and len(probe.failures) == len(probe.theta) and probe.error is not None:
         raise SimulationError(
             f"the first {len(probe.theta)} simulations raised in this process before fanning out; "
@@ -216,8 +241,10 @@ def simulate(
     Arguments:
         simulator: A function of parameters :math:`(B, D) \to (B, *)` when
             ``batched``, else of one parameter vector :math:`(D,) \to (*)`; or a
-            structured model (:class:`sbikit.MixedEffects`), which holds its prior:
-            ``simulate(model, num_simulations, seed=...)``.
+            structured model (:class:`sbikit.MixedEffects`, :class:`sbikit.StateSpace`), which
+            holds its prior: ``simulate(model, num_simulations, seed=...)``, with every other
+            option but ``batched``, ``numpy`` and ``rng``; its sets or series come padded, with
+            ``Simulations.mask``.
         prior: The prior, a distribution over :math:`(D,)` with a support.
         num_simulations: The number of simulations :math:`N`.
         seed: The root seed; fresh entropy if None (recorded in the result).
@@ -258,23 +285,20 @@ def simulate(
         (torch.Size([10, 2]), torch.Size([10, 2]))
     """
 
-    if getattr(simulator, "structure", None) is not None and hasattr(simulator, "simulate"):
-        # a structured model (sbikit.MixedEffects) holds its prior and draws its own structure
+    model = None
+    if _is_model(simulator):
+        # a structured model (sbikit.MixedEffects, sbikit.StateSpace) holds its prior and draws its structure
+        model = simulator
         if isinstance(prior, (int, np.integer)) and not isinstance(prior, bool) and num_simulations is None:
             prior, num_simulations = None, prior  # simulate(model, 5_000)
         if prior is not None:
             raise TypeError(
-                f"{type(simulator).__name__} holds its own prior; call sbikit.simulate(model, num_simulations, ...)."
+                f"{type(model).__name__} holds its own prior; call sbikit.simulate(model, num_simulations, ...)."
             )
         if not (batched and not numpy and not rng):
-            raise TypeError(f"batched, numpy and rng do not apply to a {type(simulator).__name__}.")
-        if store is not None or workers != 1 or executor is not None or timeout is not None or on_error != "record":
-            raise TypeError(
-                f"store, workers, executor, timeout and on_error are not supported for a {type(simulator).__name__} "
-                "yet; it runs in this process, in memory."
-            )
-        return simulator.simulate(num_simulations, seed=seed, batch_size=batch_size, show_progress=show_progress)
-    if not callable(simulator):
+            raise TypeError(f"batched, numpy and rng do not apply to a {type(model).__name__}.")
+        prior = model.prior
+    if model is None and not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
     if prior is None:
         raise TypeError("simulate needs a prior: sbikit.simulate(simulator, prior, num_simulations).")
@@ -297,6 +321,8 @@ def simulate(
         raise ValueError("pass workers= or executor=, not both: a Dask client brings its own workers.")
     root = root_seed(seed)
     options = {"batched": bool(batched), "numpy": bool(numpy), "rng": bool(rng)}
+    # a structured model's chunks are padded sets or series, at least `width` wide; the store records both
+    structure = {} if model is None else {"structure": model.structure, "width": int(model.min_width)}
 
     def theta_blocks() -> Iterator[Tensor]:
         for start in range(0, num_simulations, _THETA_BLOCK):
@@ -307,31 +333,36 @@ def simulate(
         sink = _Memory(torch.cat(list(theta_blocks())), batch_size)
     else:
         manifest = json.loads(json.dumps({
-            "schema": SCHEMA,
+            "schema": SCHEMA if model is None else STRUCTURED_SCHEMA,
             "seed": root,
             "num_simulations": num_simulations,
             "chunk_size": batch_size,
             "simulator": simulator_fingerprint(simulator),
             "prior": prior_fingerprint(prior),
-            "options": options,
+            "options": {**options, **structure},
             "versions": versions(),
         }))
         sink = Store.create(store, manifest, theta_blocks())
         sink.verify()
-    function = functools.partial(run_chunk, simulator, prior, root, **options)
+    if model is None:
+        function = functools.partial(run_chunk, simulator, prior, root, **options)
+    else:
+        function = functools.partial(run_model_chunk, model, prior, root, **options)
     done = int(sink.done_mask().sum())
     if done < num_simulations:
         _run(sink, function, simulator, prior, root, options, workers, executor, timeout, retries, on_error,
              max_failure_fraction, show_progress, done)
 
     if isinstance(sink, _Memory):
-        x, failures, unattributed, global_draws = sink.result(root)
+        x, mask, local, failures, unattributed, global_draws = sink.result(structure.get("width", 0))
     else:
         shards = list(sink.shards())
         unattributed = any(bool(f["unattributed"]) for _, _, f in shards)
         global_draws = any(bool(f["global_draws"]) for _, _, f in shards)
         failures = list(sink.failures)
-        x = sink.x if any(bool(f["has_x"]) for _, _, f in shards) else None
+        x = mask = local = None
+        if any(bool(f["has_x"]) for _, _, f in shards):
+            x, mask, local = sink.x, sink.mask, sink.theta_local
     if x is None:
         raise RuntimeError(f"all {num_simulations} simulations raised an exception. {failure_summary(failures, num_simulations)}")
     if unattributed:
@@ -347,8 +378,8 @@ def simulate(
         )
     if failures:
         warnings.warn(failure_summary(failures, num_simulations), RuntimeWarning, stacklevel=2)
-    theta = sink.theta
-    return Simulations(theta=theta, x=x, seed=root, failures=tuple(failures))
+    return Simulations(theta=sink.theta, x=x, seed=root, failures=tuple(failures), mask=mask,
+                       structure=structure.get("structure"), theta_local=local)
 
 
 def _check_retries(retries: object) -> int:

@@ -39,11 +39,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from torch import Tensor
 
+from .chunk import stack_outputs
 from .claims import Claims
 from ..io import atomic_write as _atomic_write
 from ..data import STATUSES, Failure, Simulations
 
 SCHEMA = 1
+# a structured model's run (sets or series): its shards add the mask and the local parameters, which an
+# sbikit that reads schema 1 only would drop; it refuses this schema instead
+STRUCTURED_SCHEMA = 2
 _SHARD = re.compile(r"^(\d{12})-(\d{12})\.([0-9a-f]{16})\.npz$")
 _DIGEST = 16
 KINDS = ("nan", "inf", "exception", "timeout", "crashed")
@@ -125,8 +129,11 @@ class Store:
         if not manifest.is_file():
             raise FileNotFoundError(f"{self.path} is not a simulation store (it has no manifest.json).")
         self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("schema") != SCHEMA:
-            raise StoreError(f"{self.path} has store schema {self.manifest.get('schema')}; this sbikit reads {SCHEMA}.")
+        if self.manifest.get("schema") not in (SCHEMA, STRUCTURED_SCHEMA):
+            raise StoreError(
+                f"{self.path} has store schema {self.manifest.get('schema')}; this sbikit reads {SCHEMA} and "
+                f"{STRUCTURED_SCHEMA}."
+            )
         self.claims = Claims(self.path / "claims", claim_ttl)
         self.claim_ttl = claim_ttl
         self._cache: dict = {}
@@ -220,8 +227,13 @@ class Store:
         return bool(self.done_mask().all())
 
     def write_shard(self, start: int, x: np.ndarray | None, status: np.ndarray, duration: np.ndarray,
-                    attempt: np.ndarray, failures: list[Failure], flags: dict) -> Path:
+                    attempt: np.ndarray, failures: list[Failure], flags: dict, mask: np.ndarray | None = None,
+                    local: np.ndarray | None = None) -> Path:
         r"""Writes the results of simulations ``start`` to ``start + len(status) - 1`` as one shard.
+
+        A structured model's shard also holds the ``mask`` of its sets or series, :math:`(n, W)`,
+        padded to the shard's widest row, and for mixed effects the ``local`` parameters,
+        :math:`(n, W, K)`.
 
         Raises:
             StoreWriteError: If it cannot be written; no partial shard is left visible.
@@ -242,6 +254,10 @@ class Store:
             "unattributed": np.array(bool(flags.get("unattributed"))),
             "global_draws": np.array(bool(flags.get("global_draws"))),
         }
+        if mask is not None:
+            fields["mask"] = np.ascontiguousarray(mask, bool)
+        if local is not None:
+            fields["local"] = np.ascontiguousarray(local, np.float32)
         buffer = io.BytesIO()
         np.savez(buffer, **fields)
         data = buffer.getvalue()
@@ -281,29 +297,76 @@ class Store:
         return torch.from_numpy(np.array(array[start:stop]))
 
     @property
+    def structure(self) -> str | None:
+        r"""``"set"`` or ``"series"`` for a structured model's run (its outputs are padded, with a
+        :attr:`mask`), None for a simulator's."""
+
+        return self.manifest["options"].get("structure")
+
+    @property
     def x_shape(self) -> tuple[int, ...] | None:
-        for _, _, fields in self.shards():
-            if fields["has_x"]:
-                return tuple(fields["x"].shape[1:])
-        return None
+        r"""The shape of one output; for sets and series, padded to the widest in the run."""
+
+        if "x" in self._cache:
+            return tuple(self._cache["x"].shape[1:])
+        shapes = [fields["x"].shape[1:] for _, _, fields in self.shards() if fields["has_x"]]
+        if not shapes:
+            return None
+        if self.structure is None:
+            return tuple(shapes[0])
+        width = max([int(self.manifest["options"].get("width", 0))] + [shape[0] for shape in shapes])
+        return (width, *shapes[0][1:])
+
+    def _outputs(self) -> None:
+        r"""Reads every shard's outputs into the cache: ``x``, and for sets and series the
+        ``mask`` and the local parameters, padded to the widest row."""
+
+        if "x" in self._cache:
+            return
+        parts, end = [], 0
+        for start, stop, fields in self.shards():
+            if start > end:  # simulations not run yet
+                parts.append((start - end, None, None, None))
+            present = bool(fields["has_x"])
+
+            def read(name: str) -> Tensor | None:
+                return torch.from_numpy(fields[name]) if present and name in fields else None
+
+            parts.append((stop - start, read("x"), read("mask"), read("local")))
+            end = stop
+        if end < self.num_simulations:
+            parts.append((self.num_simulations - end, None, None, None))
+        try:
+            x, mask, local = stack_outputs(parts, int(self.manifest["options"].get("width", 0)))
+        except ValueError as error:
+            raise StoreError(f"the shards of {self.path} do not fit together: {error}") from None
+        if x is None:
+            raise StoreError(f"{self.path} holds no successful simulation yet.")
+        self._cache.update(x=x, mask=mask, local=local)
 
     @property
     def x(self) -> Tensor:
-        r"""The outputs, :math:`(N, *)`: NaN rows where a simulation failed or has not run yet."""
+        r"""The outputs, :math:`(N, *)`: NaN rows where a simulation failed or has not run yet.
+        Sets and series are padded along their member or time axis, :math:`(N, W, L)`;
+        :attr:`mask` says which entries are present."""
 
-        if "x" not in self._cache:
-            shape = self.x_shape
-            if shape is None:
-                raise StoreError(f"{self.path} holds no successful simulation yet.")
-            x = torch.full((self.num_simulations, *shape), torch.nan)
-            for start, stop, fields in self.shards():
-                if fields["has_x"]:
-                    if tuple(fields["x"].shape[1:]) != shape:
-                        raise StoreError(f"shard {start}-{stop} of {self.path} has outputs of shape "
-                                         f"{fields['x'].shape[1:]}, others {shape}.")
-                    x[start:stop] = torch.from_numpy(fields["x"])
-            self._cache["x"] = x
+        self._outputs()
         return self._cache["x"]
+
+    @property
+    def mask(self) -> Tensor | None:
+        r"""For sets and series, which members or time steps are present, :math:`(N, W)`
+        (none for a simulation that failed or has not run); None for a simulator's run."""
+
+        self._outputs()
+        return self._cache["mask"]
+
+    @property
+    def theta_local(self) -> Tensor | None:
+        r"""For mixed effects, each member's local parameters, :math:`(N, W, K)`; else None."""
+
+        self._outputs()
+        return self._cache["local"]
 
     @property
     def failures(self) -> tuple[Failure, ...]:
@@ -348,7 +411,8 @@ class Store:
                 f"{self.path} is missing {missing} of {self.num_simulations} simulations; call sbikit.simulate "
                 "with the arguments it was made with (and store=) to finish it."
             )
-        return Simulations(theta=self.theta, x=self.x, seed=self.seed, failures=self.failures)
+        return Simulations(theta=self.theta, x=self.x, seed=self.seed, failures=self.failures, mask=self.mask,
+                           structure=self.structure, theta_local=self.theta_local)
 
     def __repr__(self) -> str:
         done = int(self.done_mask().sum())

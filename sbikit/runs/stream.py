@@ -8,7 +8,8 @@ shuffling is over a buffer, not the whole run, which for shards of a few thousan
 i.i.d. simulations mixes as well. Rows that failed are skipped.
 
 :func:`streamed` decides: a store whose rows would take more than a quarter of the
-memory this process may use is streamed; a smaller one is read into memory.
+memory this process may use is streamed; a smaller one is read into memory, and so is
+a structured model's run (sets or series), whatever its size.
 """
 
 __all__ = ["StoreStream", "streamed"]
@@ -159,6 +160,8 @@ def streamed(data: object, budget: int | None = None) -> StoreStream | None:
         return None
     if not data.complete:
         data.simulations()  # raises, saying what is missing
+    if data.structure is not None:
+        return None  # sets and series (padded per shard) are read into memory
     shape = data.x_shape or ()
     row = 4 * (data.theta_rows(0, 1).shape[1] + int(np.prod(shape)))
     # training holds about three copies (the rows, their split, their unconstrained parameters)
