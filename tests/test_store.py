@@ -217,6 +217,27 @@ def test_a_store_larger_than_memory_is_streamed(tmp_path, monkeypatch, quick):
     assert np.isfinite(posterior.history["train_loss"]).all() and posterior.history["epochs"] == 3
 
 
+def test_nle_streams_a_store_larger_than_memory_and_learns_the_noise(tmp_path, monkeypatch):
+    from sbikit.runs import stream as stream_module
+
+    sbikit.simulate(faulty.noisy, PRIOR, 3000, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    store = open_store(tmp_path / "a")
+    monkeypatch.setattr(stream_module, "memory_limit", lambda: 100_000)
+
+    def forbidden(self):
+        raise AssertionError("the store was read into memory")
+
+    monkeypatch.setattr(type(store), "simulations", forbidden)
+    training = sbikit.TrainConfig(max_epochs=40, show_progress=False)
+    likelihood = sbikit.NLE(PRIOR, training=training, adjust=False).fit(store)
+    assert likelihood.history["epochs"] == 40 and np.isfinite(likelihood.history["validation_loss"]).all()
+    # x = theta + 0.1 noise: learned from the streamed rows (without the regression adjustment, the
+    # flow starts far from it), the emulator's spread at a fixed theta is the noise's
+    theta = torch.tensor([0.3, -0.2, 0.5])
+    fake = likelihood.sample(4000, theta=theta)
+    assert torch.allclose(fake.mean(0), theta, atol=0.03) and torch.allclose(fake.std(0), torch.full((3,), 0.1), atol=0.03)
+
+
 def test_one_progress_bar_shows_done_failed_and_rate(tmp_path, capsys):
     with pytest.warns(RuntimeWarning):
         sbikit.simulate(faulty.half_broken, PRIOR, 300, seed=0, batched=False, batch_size=100, store=tmp_path / "a",

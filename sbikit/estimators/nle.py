@@ -47,6 +47,7 @@ from ..flows import coupling_flow, start_at_identity
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
+from ..runs.stream import streamed
 from ..train import TrainConfig, fit
 from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
@@ -351,9 +352,11 @@ class NLE:
         self.max_member_rows = check_count(max_member_rows, "max_member_rows")
 
     def fit(self, data: Simulations) -> Likelihood:
-        r"""Trains the surrogate on ``data``; rows with non-finite values are excluded."""
+        r"""Trains the surrogate on ``data``; rows with non-finite values are excluded. A store
+        (:func:`sbikit.open_store`) too large for memory is streamed from disk, as in NPE."""
 
-        data = training_data(self.prior, data)
+        stream = streamed(data)
+        data = training_data(self.prior, data if stream is None else stream.sample())
         if data.structure == "series":
             raise TypeError(
                 "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
@@ -363,8 +366,11 @@ class NLE:
         if members:
             data = _member_rows(data, self.max_member_rows, self.training.seed)
         likelihood, tensors = self._build(data)
+        if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
+            tensors = copy.copy(stream)
+            tensors.transform = functools.partial(_training_rows, likelihood)
         likelihood.history = fit(likelihood.network, tensors, self.training, "training")
-        likelihood.history["adjusted"] = self.adjust and tensors[1].shape[1] <= MAX_ADJUSTED
+        likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
         likelihood.history["members_as_trials"] = members
         return likelihood
 
@@ -398,9 +404,15 @@ class NLE:
                 mean, std = standardize(values)
                 loc.copy_(mean)
                 scale.copy_(std)
-            r = likelihood.standardize(u.float())
+            r, x = _training_rows(likelihood, data.theta, data.x)
             if self.adjust and x.shape[1] <= MAX_ADJUSTED:
                 coef, tril = linear_adjustment((x - network.x_loc) / network.x_scale, r)
                 network.x_coef.copy_(coef)
                 network.x_tril.copy_(tril)
         return likelihood, (r, x)
+
+
+def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The network's training rows: the standardized parameters :math:`r` and the flat :math:`x`."""
+
+    return likelihood.standardize(likelihood.transform.inv(theta.double()).float()), x.reshape(len(x), -1)
