@@ -217,6 +217,30 @@ def test_a_store_larger_than_memory_is_streamed(tmp_path, monkeypatch, quick):
     assert np.isfinite(posterior.history["train_loss"]).all() and posterior.history["epochs"] == 3
 
 
+def test_a_structured_store_larger_than_memory_streams_padded_rows_with_their_mask(tmp_path, monkeypatch, quick):
+    from sbikit.runs import stream as stream_module
+
+    model = faulty.groups()
+    sbikit.simulate(model, 400, seed=0, batch_size=5, store=tmp_path / "a", **quiet())
+    store = open_store(tmp_path / "a")
+    assert min(np.load(p)["x"].shape[1] for p in (tmp_path / "a" / "shards").glob("*.npz")) < 6
+    monkeypatch.setattr(stream_module, "memory_limit", lambda: 10_000)
+
+    def forbidden(self):
+        raise AssertionError("the store was read into memory")
+
+    monkeypatch.setattr(type(store), "simulations", forbidden)
+    streamed = stream_module.streamed(store)
+    assert streamed is not None and len(streamed.validation) == 3
+    # shards hold their own widths (some groups of up to 5 members only): every row comes padded to 6
+    theta, x, mask = (torch.cat(c) for c in zip(*streamed.batches(64, torch.Generator().manual_seed(0))))
+    index = torch.cat([torch.nonzero(store.theta[:, 0] == t)[0] for t in theta[:, 0]])
+    assert len(index.unique()) == streamed.num_train == len(theta) and x.shape[1:] == (6, 1)
+    assert torch.equal(x, store.x[index]) and torch.equal(mask, store.mask[index])
+    posterior = sbikit.NPE(model.prior, training=quick).fit(store)
+    assert type(posterior.network.summary).__name__ == "DeepSet" and np.isfinite(posterior.history["train_loss"]).all()
+
+
 def test_nle_streams_a_store_larger_than_memory_and_learns_the_noise(tmp_path, monkeypatch):
     from sbikit.runs import stream as stream_module
 

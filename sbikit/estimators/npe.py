@@ -392,5 +392,5 @@ class NPE:
             tensors = (u, data.x) if structure is None else (u, data.x, data.mask)
             if stream is not None:
                 tensors = copy.copy(stream)
-                tensors.transform = lambda theta, x: (posterior.unconstrain(theta), x)
+                tensors.transform = lambda theta, *rest: (posterior.unconstrain(theta), *rest)  # x, and a mask
             return posterior, Training(network, tensors, config, name)

@@ -8,8 +8,8 @@ shuffling is over a buffer, not the whole run, which for shards of a few thousan
 i.i.d. simulations mixes as well. Rows that failed are skipped.
 
 :func:`streamed` decides: a store whose rows would take more than a quarter of the
-memory this process may use is streamed; a smaller one is read into memory, and so is
-a structured model's run (sets or series), whatever its size.
+memory this process may use is streamed; a smaller one is read into memory. A structured
+model's run (sets or series) streams its rows with their mask, padded to the run's widest.
 """
 
 __all__ = ["StoreStream", "streamed"]
@@ -21,6 +21,7 @@ import torch
 from collections.abc import Callable, Iterator
 from torch import Tensor
 
+from .chunk import stack_outputs
 from .store import Store
 from ..data import Simulations
 
@@ -57,6 +58,9 @@ def memory_limit() -> int:
 class StoreStream:
     r"""The valid rows of a complete store, for :class:`sbikit.train.Training`.
 
+    Rows are tuples of tensors: :math:`(\theta, x)`, and for a structured model's store
+    (sets or series) :math:`(\theta, x, \text{mask})`, padded to the run's widest row.
+
     Arguments:
         store: A complete store.
         validation_fraction: The share of shards held out for validation.
@@ -67,11 +71,12 @@ class StoreStream:
 
     def __init__(self, store: Store, validation_fraction: float = 0.1, seed: int = 0, buffer_rows: int = 100_000,
                  max_validation: int = 50_000) -> None:
-        row = 4 * (store.theta_rows(0, 1).shape[1] + int(np.prod(store.x_shape or ())))
+        self.width = (store.x_shape or (0,))[0] if store.structure is not None else None
+        row = 4 * (store.theta_rows(0, 1).shape[1] + int(np.prod(store.x_shape or ()))) + (self.width or 0)
         buffer_rows = min(buffer_rows, max(1, 32 * 2**20 // row))
         max_validation = self.max_sample = min(max_validation, max(1000, 16 * 2**20 // row))
         self.store, self.buffer_rows = store, buffer_rows
-        self.transform: Callable[[Tensor, Tensor], tuple[Tensor, ...]] = lambda theta, x: (theta, x)
+        self.transform: Callable[..., tuple[Tensor, ...]] = lambda *rows: rows
         self.shards = [(start, stop, path) for start, stop, path in store._shard_files()]
         self.theta_file = np.load(store.path / "theta.npy", mmap_mode="r", allow_pickle=False)
         counts = [self._valid(path).sum() for _, _, path in self.shards]
@@ -86,24 +91,28 @@ class StoreStream:
         self.validation_shards = sorted(held)
         self.train_shards = [k for k in range(len(self.shards)) if k not in set(held)]
         self.num_train = int(sum(counts[k] for k in self.train_shards))
-        theta, x = self._rows(self.validation_shards)
-        self.validation_rows = (theta[:max_validation], x[:max_validation])
+        self.validation_rows = tuple(t[:max_validation] for t in self._rows(self.validation_shards))
 
     def _valid(self, path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as fields:
             return fields["status"] == 0
 
-    def _read(self, k: int) -> tuple[Tensor, Tensor]:
+    def _read(self, k: int) -> tuple[Tensor, ...]:
         start, stop, path = self.shards[k]
         with np.load(path, allow_pickle=False) as fields:
             ok = fields["status"] == 0
-            x = fields["x"][ok]
-        theta = np.asarray(self.theta_file[start:stop])[ok]
-        return torch.from_numpy(np.array(theta)), torch.from_numpy(np.array(x))
+            x = torch.from_numpy(fields["x"][ok])
+            mask = torch.from_numpy(fields["mask"][ok]) if self.width is not None else None
+        theta = torch.from_numpy(np.array(np.asarray(self.theta_file[start:stop])[ok]))
+        if mask is None:
+            return theta, x
+        # a shard's sets or series are padded to its own widest row: pad them to the run's
+        x, mask, _ = stack_outputs([(len(x), x, mask, None)], self.width)
+        return theta, x, mask
 
-    def _rows(self, shards: list[int]) -> tuple[Tensor, Tensor]:
+    def _rows(self, shards: list[int]) -> tuple[Tensor, ...]:
         parts = [self._read(k) for k in shards]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return tuple(torch.cat(column) for column in zip(*parts))
 
     def sample(self, rows: int | None = None, seed: int = 0) -> Simulations:
         r"""Valid rows from random training shards, in memory (by default as many as the validation
@@ -117,8 +126,9 @@ class StoreStream:
             count += len(parts[-1][0])
             if count >= rows:
                 break
-        theta, x = torch.cat([p[0] for p in parts])[:rows], torch.cat([p[1] for p in parts])[:rows]
-        return Simulations(theta, x, seed=self.store.seed)
+        theta, x, *mask = (torch.cat(column)[:rows] for column in zip(*parts))
+        return Simulations(theta, x, seed=self.store.seed, mask=mask[0] if mask else None,
+                           structure=self.store.structure)
 
     @property
     def validation(self) -> list[Tensor]:
@@ -134,7 +144,7 @@ class StoreStream:
         r"""One epoch: shuffled batches of ``batch_size`` training rows, transformed."""
 
         order = [self.train_shards[k] for k in torch.randperm(len(self.train_shards), generator=generator).tolist()]
-        buffer: list[tuple[Tensor, Tensor]] = []
+        buffer: list[tuple[Tensor, ...]] = []
         rows = 0
         for position, k in enumerate(order):
             buffer.append(self._read(k))
@@ -142,14 +152,14 @@ class StoreStream:
             last = position == len(order) - 1
             if rows < self.buffer_rows and not last:
                 continue
-            theta, x = torch.cat([b[0] for b in buffer]), torch.cat([b[1] for b in buffer])
-            perm = torch.randperm(len(theta), generator=generator)
-            usable = len(theta) if last else len(theta) // batch_size * batch_size
+            columns = [torch.cat(column) for column in zip(*buffer)]
+            perm = torch.randperm(len(columns[0]), generator=generator)
+            usable = len(perm) if last else len(perm) // batch_size * batch_size
             for start in range(0, usable, batch_size):
                 index = perm[start : start + batch_size]
-                yield list(self.transform(theta[index], x[index]))
+                yield list(self.transform(*(c[index] for c in columns)))
             rest = perm[usable:]
-            buffer, rows = ([(theta[rest], x[rest])], len(rest)) if len(rest) else ([], 0)
+            buffer, rows = ([tuple(c[rest] for c in columns)], len(rest)) if len(rest) else ([], 0)
 
 
 def streamed(data: object, budget: int | None = None) -> StoreStream | None:
@@ -160,8 +170,6 @@ def streamed(data: object, budget: int | None = None) -> StoreStream | None:
         return None
     if not data.complete:
         data.simulations()  # raises, saying what is missing
-    if data.structure is not None:
-        return None  # sets and series (padded per shard) are read into memory
     shape = data.x_shape or ()
     row = 4 * (data.theta_rows(0, 1).shape[1] + int(np.prod(shape)))
     # training holds about three copies (the rows, their split, their unconstrained parameters)
