@@ -54,7 +54,8 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 
 # 2: the prior's fingerprint in the config; observations standardized per feature
 # 3: bounded parameters mapped by LinearTailsTransform, not the logistic (config "intervals")
-FORMAT_VERSION = 3
+# 4: "intervals" may name the tails' share, "linear-<eps>" (NPE's are 1% of the interval; "linear" is 5%)
+FORMAT_VERSION = 4
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

@@ -20,6 +20,7 @@ __all__ = [
     "support_bounds",
 ]
 
+import math
 import torch
 
 from torch import Tensor
@@ -35,7 +36,32 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import CatTransform, IndependentTransform
 
-SUPPORT_MAPS = ("linear", "sigmoid")  # how intervals are mapped; "sigmoid" for files of format <= 2
+# How intervals are mapped: "sigmoid" (files of format <= 2), "linear" (LinearTailsTransform with tails
+# on 5% of the interval at each edge, files of format 3), or "linear-<eps>" (tails on that share).
+SUPPORT_MAPS = ("linear", "sigmoid", "linear-<eps>")
+_LINEAR_EPS = 0.05  # the tails of "linear"
+
+
+def _tails(intervals: object) -> float | None:
+    r"""The share of the interval in each tail for a ``"linear"`` or ``"linear-<eps>"`` map; None for
+    ``"sigmoid"``.
+
+    Raises:
+        ValueError: If ``intervals`` names no map.
+    """
+
+    if intervals == "sigmoid":
+        return None
+    if intervals == "linear":
+        return _LINEAR_EPS
+    if isinstance(intervals, str) and intervals.startswith("linear-"):
+        try:
+            eps = float(intervals[len("linear-"):])
+        except ValueError:
+            eps = math.nan
+        if 0 < eps < 0.5:
+            return eps
+    raise ValueError(f"intervals must be one of {SUPPORT_MAPS} with 0 < eps < 0.5, got {intervals!r}.")
 
 
 class BoxUniform(Independent):
@@ -281,7 +307,8 @@ class LinearTailsTransform(Transform):
 
 
 def _to_support(support: constraints.Constraint, intervals: str) -> Transform:
-    if intervals == "sigmoid":
+    eps = _tails(intervals)
+    if eps is None:
         return biject_to(support)
     if isinstance(support, constraints.independent):
         base = _to_support(support.base_constraint, intervals)
@@ -292,7 +319,7 @@ def _to_support(support: constraints.Constraint, intervals: str) -> Transform:
     interval = (type(constraints.interval(0.0, 1.0)), type(constraints.half_open_interval(0.0, 1.0)))
     if isinstance(support, interval):
         low, high = support.lower_bound, support.upper_bound
-        return ComposeTransform([LinearTailsTransform(), AffineTransform(low, high - low)])
+        return ComposeTransform([LinearTailsTransform(eps), AffineTransform(low, high - low)])
     return biject_to(support)
 
 
@@ -301,8 +328,9 @@ def from_unconstrained(prior: Distribution, intervals: str = "linear") -> Transf
 
     ``T(u)`` maps unconstrained :math:`u \in \mathbb{R}^D` into the support and
     ``T.inv(theta)`` maps parameters out of it: bounded intervals by
-    :class:`LinearTailsTransform` (``intervals="linear"``) or by the logistic
-    function (``"sigmoid"``, as in files of format 2 and before), every other
+    :class:`LinearTailsTransform`, with tails on the share ``eps`` of the interval at
+    each edge (``intervals="linear-<eps>"``; ``"linear"`` is ``eps = 0.05``), or by the
+    logistic function (``"sigmoid"``, as in files of format 2 and before); every other
     support by :func:`torch.distributions.biject_to` (``exp`` for positive reals).
 
     The transform acts on whole vectors (``event_dim == 1``), so its
@@ -314,8 +342,7 @@ def from_unconstrained(prior: Distribution, intervals: str = "linear") -> Transf
         tensor([0.0000, 0.5000])
     """
 
-    if intervals not in SUPPORT_MAPS:
-        raise ValueError(f"intervals must be one of {SUPPORT_MAPS}, got {intervals!r}.")
+    _tails(intervals)
     transform = _to_support(prior.support, intervals)
     missing = len(prior.event_shape) - transform.codomain.event_dim
     if missing > 0:

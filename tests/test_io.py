@@ -229,11 +229,29 @@ def test_saved_files_follow_the_umask(saved, tmp_path):
     assert stat.S_IMODE((tmp_path / "shared.sbk").stat().st_mode) == 0o644
 
 
+def test_files_of_format_3_keep_tails_on_five_percent_of_each_interval(saved, tmp_path):
+    posterior, path = saved
+    payload = torch.load(path, weights_only=True)
+    config = json.loads(payload["config"])
+    config["intervals"] = "linear"  # what format 3 wrote
+    payload["config"], payload["version"] = json.dumps(config), 3
+    torch.save(payload, tmp_path / "old.sbk")
+    old = sbikit.load(tmp_path / "old.sbk")
+    # theta = 1.95 on (-2, 2) sits at 0.9875 of the interval: in the 5% tail, past the 1% one
+    theta = torch.tensor([[1.95, 0.0, -1.0]], dtype=torch.float64)
+    s = (theta + 2) / 4
+    for model, eps in ((old, 0.05), (posterior, 0.01), (sbikit.load(path), 0.01)):
+        torch.testing.assert_close(model.transform.inv(theta), sbikit.priors.LinearTailsTransform(eps).inv(s))
+    assert float(old.transform.inv(theta)[0, 0]) != pytest.approx(float(posterior.transform.inv(theta)[0, 0]))
+    # the same flow, with the density of the map it was trained with
+    assert not torch.allclose(old.log_prob(theta.float(), x=torch.zeros(3)), posterior.log_prob(theta.float(), x=torch.zeros(3)))
+
+
 def test_files_of_format_2_keep_the_logistic_map_of_intervals(saved, tmp_path):
     posterior, path = saved
     payload = torch.load(path, weights_only=True)
     config = json.loads(payload["config"])
-    assert config["intervals"] == "linear"
+    assert config["intervals"] == "linear-0.01"
     del config["intervals"]
     payload["config"], payload["version"] = json.dumps(config), 2
     torch.save(payload, tmp_path / "old.sbk")

@@ -49,7 +49,7 @@ from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
 from ..runs.stream import streamed
 from ..train import TrainConfig, fit
-from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from .base import NLE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
 
 MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
@@ -382,7 +382,7 @@ class NLE:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             embedding = copy.deepcopy(self.embedding)
-            features = from_unconstrained(self.prior, INTERVALS).inverse_shape(self.prior.event_shape)[-1]
+            features = from_unconstrained(self.prior, NLE_INTERVALS).inverse_shape(self.prior.event_shape)[-1]
             network = NLENetwork(features, data.x_shape, embedding, self.flow, self.prior.event_shape[0])
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -391,7 +391,7 @@ class NLE:
                 "embedding": None if embedding is None else io.module_spec(embedding),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": INTERVALS,
+                "intervals": NLE_INTERVALS,
             }
             likelihood = Likelihood(self.prior, network, self.parameter_names, specs)
             u = likelihood.transform.inv(data.theta.double())

@@ -43,7 +43,7 @@ from ..posterior import AmortizedPosterior, SupportMappedDistribution
 from ..priors import from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
-from .base import INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from .base import NPE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 
 
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
@@ -362,7 +362,7 @@ class NPE:
                 summary = copy.deepcopy(self.summary)
             else:
                 summary = _default_summary(data.x_shape, structure)
-            features = from_unconstrained(self.prior, INTERVALS).inverse_shape(self.prior.event_shape)[-1]
+            features = from_unconstrained(self.prior, NPE_INTERVALS).inverse_shape(self.prior.event_shape)[-1]
             network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -370,7 +370,7 @@ class NPE:
                 "summary": io.module_spec(summary),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": INTERVALS,
+                "intervals": NPE_INTERVALS,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
             u = posterior.transform.inv(data.theta.double())
