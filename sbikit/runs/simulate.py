@@ -129,14 +129,15 @@ def _write(sink, task: Task, chunk: Chunk, failures: list[Failure]) -> None:
     status = np.zeros(len(task), np.uint8)
     for f in failures:
         status[f.index - task.start] = _CODES[f.kind]
-    def array(value: Tensor | None) -> np.ndarray | None:
-        return None if value is None else value.numpy()
-
     sink.write_shard(
-        task.start, array(chunk.x), status, chunk.durations, chunk.attempts, failures,
+        task.start, _numpy(chunk.x), status, chunk.durations, chunk.attempts, failures,
         {"unattributed": chunk.unattributed, "global_draws": chunk.global_draws},
-        mask=array(chunk.mask), local=array(chunk.local),
+        mask=_numpy(chunk.mask), local=_numpy(chunk.local),
     )
+
+
+def _numpy(value: Tensor | None) -> np.ndarray | None:
+    return None if value is None else value.numpy()
 
 
 def _claimable_tasks(sink, owned: dict[int, int]) -> Iterator[Task]:
@@ -161,7 +162,7 @@ def _claimable_tasks(sink, owned: dict[int, int]) -> Iterator[Task]:
             yield Task(cell, start, stop, sink.theta_rows(start, stop))
 
 
-def _executor(function: Callable, simulator: Callable, prior: Distribution, root: int, n: int, options: dict,
+def _executor(function: Callable, simulator: Callable, root: int, n: int, options: dict,
               workers: int, executor: object, timeout: float | None, retries: int):
     if executor is None and workers == 1 and timeout is None:
         return SerialExecutor(function)
@@ -393,7 +394,7 @@ def _run(sink, function, simulator, prior, root, options, workers, executor, tim
     r"""Runs the missing simulations of ``sink`` and writes each chunk as it arrives."""
 
     n = sink.num_simulations
-    runner = _executor(function, simulator, prior, root, n, options, workers, executor, timeout, retries)
+    runner = _executor(function, simulator, root, n, options, workers, executor, timeout, retries)
     heartbeat = None if isinstance(sink, _Memory) else _Heartbeat(sink)
     if heartbeat is not None:
         heartbeat.start()

@@ -309,13 +309,17 @@ class Store:
 
         if "x" in self._cache:
             return tuple(self._cache["x"].shape[1:])
-        shapes = [fields["x"].shape[1:] for _, _, fields in self.shards() if fields["has_x"]]
-        if not shapes:
-            return None
-        if self.structure is None:
-            return tuple(shapes[0])
-        width = max([int(self.manifest["options"].get("width", 0))] + [shape[0] for shape in shapes])
-        return (width, *shapes[0][1:])
+        shape, width = None, int(self.manifest["options"].get("width", 0))
+        for _, _, path in self._shard_files():
+            with np.load(path, allow_pickle=False) as fields:
+                if not fields["has_x"]:
+                    continue
+                if shape is None:
+                    shape = tuple(fields["x"].shape[1:])
+                if self.structure is None:
+                    return shape
+                width = max(width, fields["mask"].shape[1])  # the mask is the shard's small field
+        return None if shape is None else (width, *shape[1:])
 
     def _outputs(self) -> None:
         r"""Reads every shard's outputs into the cache: ``x``, and for sets and series the
