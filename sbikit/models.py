@@ -32,7 +32,7 @@ from .data import Failure, Simulations, as_float_tensor
 from .priors import check_prior
 from .runs.randomness import RowStreams, keyed_words
 from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, simulation_seeds, stream_keys
-from .runs.chunk import batch_seed, draw_prior, isolated_global_generators
+from .runs.chunk import batch_seed, draw_prior, exception_failure, isolated_global_generators
 
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
 
@@ -261,7 +261,7 @@ class MixedEffects:
             except _ContractError:
                 raise
             except Exception as error:  # noqa: BLE001 - recorded, counted and reported
-                failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}", type(error).__name__))
+                failures.append(exception_failure(start + i, error))
                 local, x = None, None
             locals_.append(local)
             xs.append(x)
@@ -613,13 +613,15 @@ class StateSpace:
                     except _ContractError:
                         raise
                     except Exception as error:  # noqa: BLE001 - recorded, counted and reported
-                        failures.append(Failure(start + i, "exception", f"{type(error).__name__}: {error}", type(error).__name__))
+                        failures.append(exception_failure(start + i, error))
                         rows.append(None)
                 widths = {r.shape[-1] for r in rows if r is not None}
                 if not widths:  # every series raised
                     return theta, None, mask, failures, unattributed
                 if len(widths) > 1:
-                    raise _ShapeError(f"the model returned observations with different numbers of features: {sorted(widths)}.")
+                    raise _ShapeError(
+                        f"the model returned observations with different numbers of features: {sorted(widths)}."
+                    )
                 nan = torch.full((times.shape[1], widths.pop()), torch.nan)
                 x = torch.stack([r if r is not None else nan for r in rows])
         _record_nonfinite(failures, (row[present] for row, present in zip(x, mask)), start, "the model")

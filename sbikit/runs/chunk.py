@@ -130,7 +130,9 @@ def _generator(key: int, numpy: bool):
     return torch.Generator().manual_seed(key)
 
 
-def _error(index: int, error: Exception) -> Failure:
+def exception_failure(index: int, error: Exception) -> Failure:
+    r"""The record of simulation ``index``, which raised ``error``."""
+
     return Failure(index, "exception", f"{type(error).__name__}: {error}", type(error).__name__)
 
 
@@ -151,7 +153,7 @@ class _Runner:
     def _failed(self, index: int, error: Exception) -> Failure:
         if self.error is None:
             self.error = error
-        return _error(index, error)
+        return exception_failure(index, error)
 
     def _call(self, theta: Tensor | np.ndarray, rng: object) -> object:
         return self.simulator(theta, rng) if self.rng else self.simulator(theta)
@@ -264,7 +266,7 @@ def _as_rows(outputs: list, failures: list[Failure], start: int) -> Tensor | lis
             out = as_float_tensor(out, "the simulator's output")
         except TypeError as error:
             rows.append(None)
-            failures.append(_error(start + k, error))
+            failures.append(exception_failure(start + k, error))
         else:
             rows.append(out.reshape(1) if out.ndim == 0 else out)
     return rows
@@ -323,7 +325,8 @@ def stack_outputs(parts: list[tuple[int, Tensor | None, Tensor | None, Tensor | 
         return None, None, None
     if all(mask is None for _, mask, _ in present):
         shape = _check_shapes({x.shape[1:] for x, _, _ in present})
-        return torch.cat([x if x is not None else torch.full((n, *shape), torch.nan) for n, x, _, _ in parts]), None, None
+        x = torch.cat([x if x is not None else torch.full((n, *shape), torch.nan) for n, x, _, _ in parts])
+        return x, None, None
     width = max([width] + [x.shape[1] for x, _, _ in present])
     features = _check_shapes({x.shape[2:] for x, _, _ in present})
     x = torch.cat([_widen(x, width, 0.0) if x is not None else torch.full((n, width, *features), torch.nan)

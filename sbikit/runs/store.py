@@ -359,8 +359,8 @@ class Store:
 
     @property
     def mask(self) -> Tensor | None:
-        r"""For sets and series, which members or time steps are present, :math:`(N, W)`
-        (none for a simulation that failed or has not run); None for a simulator's run."""
+        r"""For sets and series, which members or time steps are present, :math:`(N, W)` (none
+        for a simulation not run yet, or lost to a timeout or a crash); None for a simulator's run."""
 
         self._outputs()
         return self._cache["mask"]
