@@ -342,8 +342,7 @@ def from_unconstrained(prior: Distribution, intervals: str = "linear") -> Transf
         tensor([0.0000, 0.5000])
     """
 
-    _tails(intervals)
-    transform = _to_support(prior.support, intervals)
+    transform = _to_support(prior.support, intervals)  # which refuses an unknown map first
     missing = len(prior.event_shape) - transform.codomain.event_dim
     if missing > 0:
         transform = IndependentTransform(transform, missing)

@@ -1,7 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
 __all__ = [
-    "NLE_INTERVALS", "NPE_INTERVALS", "check_estimator_options", "linear_adjustment", "network_features", "standardize", "training_data",
+    "NLE_INTERVALS", "NPE_INTERVALS", "check_estimator_options", "in_memory", "linear_adjustment", "network_features",
+    "standardize", "training_data",
 ]
 
 import math
@@ -67,6 +68,14 @@ def network_features(network: nn.Module, input_shape: Size, name: str, inputs: s
     return out.shape[1]
 
 
+def in_memory(data: object) -> object:
+    r"""A store's simulations (:func:`sbikit.open_store`) read into memory; anything else as it is."""
+
+    if not isinstance(data, Simulations) and callable(getattr(data, "simulations", None)):
+        return data.simulations()
+    return data
+
+
 def training_data(prior: Distribution, data: object) -> Simulations:
     r"""Checks simulations against the prior and returns the rows that can be trained on.
 
@@ -76,8 +85,7 @@ def training_data(prior: Distribution, data: object) -> Simulations:
             prior's support, or fewer than two simulations are valid.
     """
 
-    if not isinstance(data, Simulations) and callable(getattr(data, "simulations", None)):
-        data = data.simulations()  # a run on disk (sbikit.open_store), read into memory
+    data = in_memory(data)
     if not isinstance(data, Simulations):
         raise TypeError(
             f"data must be sbikit.Simulations or a store (sbikit.open_store), got {type(data).__name__}; wrap tensors as "

@@ -33,7 +33,7 @@ from ..models import MixedEffects
 from ..posterior import AmortizedPosterior
 from ..priors import SupportOnly
 from ..train import TrainConfig
-from .base import training_data
+from .base import in_memory, training_data
 from .npe import NPE, NPEPosterior
 
 MAX_MEMBER_ROWS = 200_000  # member rows the local flow trains on, drawn at random beyond this
@@ -296,8 +296,7 @@ class HierarchicalNPE:
         r"""Trains both factors on mixed-effects simulations (``sbikit.simulate(model, ...)``), in
         memory or in a store (:func:`sbikit.open_store`), which is read into memory."""
 
-        if not isinstance(data, Simulations) and callable(getattr(data, "simulations", None)):
-            data = data.simulations()
+        data = in_memory(data)
         if not isinstance(data, Simulations) or data.structure != "set" or data.theta_local is None:
             raise TypeError(
                 "HierarchicalNPE needs mixed-effects simulations with local parameters: "
