@@ -241,6 +241,40 @@ def test_a_structured_store_larger_than_memory_streams_padded_rows_with_their_ma
     assert type(posterior.network.summary).__name__ == "DeepSet" and np.isfinite(posterior.history["train_loss"]).all()
 
 
+def test_members_of_a_store_larger_than_memory_are_drawn_shard_by_shard_as_in_memory(tmp_path, monkeypatch, quick):
+    from sbikit.runs import stream as stream_module
+
+    monkeypatch.setenv("SBIKIT_TEST_GROUPS_RAISE", "1")  # 9 of 60 groups fail
+    model = faulty.groups()
+    with pytest.warns(RuntimeWarning, match="raised"):
+        sbikit.simulate(model, 60, seed=0, batch_size=7, store=tmp_path / "a", **quiet())
+    memory = open_store(tmp_path / "a").simulations()
+    valid = memory[memory.valid]
+    total = int(valid.mask.sum())
+    store = open_store(tmp_path / "a")
+    monkeypatch.setattr(stream_module, "memory_limit", lambda: 2_000)
+
+    def forbidden(self):
+        raise AssertionError("the store was read into memory")
+
+    monkeypatch.setattr(type(store), "simulations", forbidden)
+    assert stream_module.streamed(store) is not None
+    for limit in (total, 25):  # all members, in order; 25 of them, drawn at random
+        expected = stream_module.member_rows(memory, limit, seed=3)
+        rows = stream_module.member_rows(store, limit, seed=3)
+        assert len(rows[0]) == min(limit, total)
+        for got, want in zip(rows, expected):
+            assert torch.equal(got, want)
+    group, member = valid.mask.nonzero().unbind(1)
+    assert torch.equal(expected[2], valid.theta_local[group, member][torch.randperm(
+        total, generator=torch.Generator().manual_seed(3))[:25]])
+    # both estimators that train on members take them from the store without reading it whole
+    joint = sbikit.HierarchicalNPE(model, training=quick, max_member_rows=25).fit(store)
+    assert joint.sample_joint(3, x=valid.x[0, : int(valid.mask[0].sum())])[1].shape == (3, int(valid.mask[0].sum()), 1)
+    likelihood = sbikit.NLE(model.global_prior, training=quick, max_member_rows=25).fit(store)
+    assert likelihood.history["members_as_trials"] and likelihood.sample(4, theta=torch.zeros(1)).shape == (4, 1)
+
+
 def test_nle_streams_a_store_larger_than_memory_and_learns_the_noise(tmp_path, monkeypatch):
     from sbikit.runs import stream as stream_module
 

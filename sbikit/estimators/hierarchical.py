@@ -32,6 +32,7 @@ from ..data import Simulations
 from ..models import MixedEffects
 from ..posterior import AmortizedPosterior
 from ..priors import SupportOnly
+from ..runs.stream import member_rows, streamed
 from ..train import TrainConfig
 from .base import in_memory, training_data
 from .npe import NPE, NPEPosterior
@@ -294,29 +295,29 @@ class HierarchicalNPE:
 
     def fit(self, data: Simulations) -> HierarchicalPosterior:
         r"""Trains both factors on mixed-effects simulations (``sbikit.simulate(model, ...)``), in
-        memory or in a store (:func:`sbikit.open_store`), which is read into memory."""
+        memory or in a store (:func:`sbikit.open_store`). A store too large for memory is not
+        read whole: the global factor streams it as :class:`NPE` does, and the local factor
+        trains on ``max_member_rows`` members drawn from it one shard at a time."""
 
-        data = in_memory(data)
-        if not isinstance(data, Simulations) or data.structure != "set" or data.theta_local is None:
+        if streamed(data) is None:
+            data = in_memory(data)
+        if getattr(data, "structure", None) == "set" and isinstance(data, Simulations):
+            data = training_data(self.model.global_prior, data)  # once: the global fit gets clean rows
+        rows = member_rows(data, self.max_member_rows, self.training.seed) if getattr(
+            data, "structure", None) == "set" else None
+        if rows is None or rows[2] is None:
             raise TypeError(
                 "HierarchicalNPE needs mixed-effects simulations with local parameters: "
                 "data = sbikit.simulate(model, num_simulations, seed=...)."
             )
-        data = training_data(self.model.global_prior, data)  # once: the global fit gets clean rows
+        theta, x, local = rows
         global_posterior = self.global_npe.fit(data)
-        k = data.theta_local.shape[-1]
+        k = local.shape[-1]
         names = self.local_names or [f"local_{i}" for i in range(k)]
         if len(names) != k:
             raise ValueError(f"local_names has {len(names)} names for {k} local parameters.")
         support = _local_support(self.model, data.theta, k)
-
-        rows = data.mask.nonzero()  # (S, 2): group, member
-        if len(rows) > self.max_member_rows:
-            generator = torch.Generator().manual_seed(self.training.seed)
-            rows = rows[torch.randperm(len(rows), generator=generator)[: self.max_member_rows]]
-        group, member = rows[:, 0], rows[:, 1]
-        context = _local_observations(global_posterior.transform, data.theta[group], data.x[group, member])
-        members = Simulations(theta=data.theta_local[group, member], x=context)
+        members = Simulations(theta=local, x=_local_observations(global_posterior.transform, theta, x))
         local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names)
         local_posterior = local_npe.fit(members)
         return HierarchicalPosterior(global_posterior, local_posterior, names)

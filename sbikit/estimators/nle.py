@@ -47,7 +47,7 @@ from ..flows import coupling_flow, start_at_identity
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
-from ..runs.stream import streamed
+from ..runs.stream import member_rows, streamed
 from ..train import TrainConfig, fit
 from .base import NLE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
@@ -289,17 +289,6 @@ class Likelihood(io.Saveable):
         )
 
 
-def _member_rows(data: Simulations, limit: int, seed: int) -> Simulations:
-    r"""The members of sets as i.i.d. trials: one row (the group's parameters, one member)
-    per present member, at most ``limit`` of them, drawn at random beyond it."""
-
-    rows = data.mask.nonzero()
-    if len(rows) > limit:
-        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:limit]]
-    group, member = rows[:, 0], rows[:, 1]
-    return Simulations(theta=data.theta[group], x=data.x[group, member])
-
-
 class NLE:
     r"""Neural likelihood estimation: learns a surrogate :math:`q(x | \theta)` of the simulator.
 
@@ -356,15 +345,17 @@ class NLE:
         (:func:`sbikit.open_store`) too large for memory is streamed from disk, as in NPE."""
 
         stream = streamed(data)
+        members = getattr(data, "structure", None) == "set"
+        if members:  # each member is a trial: at most max_member_rows of them, read into memory
+            theta, x, _ = member_rows(training_data(self.prior, data) if stream is None else data,
+                                      self.max_member_rows, self.training.seed)
+            data, stream = Simulations(theta=theta, x=x), None
         data = training_data(self.prior, data if stream is None else stream.sample())
         if data.structure == "series":
             raise TypeError(
                 "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
                 "for time series use sbikit.NPE."
             )
-        members = data.structure == "set"
-        if members:
-            data = _member_rows(data, self.max_member_rows, self.training.seed)
         likelihood, tensors = self._build(data)
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)

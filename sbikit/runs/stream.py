@@ -10,9 +10,13 @@ i.i.d. simulations mixes as well. Rows that failed are skipped.
 :func:`streamed` decides: a store whose rows would take more than a quarter of the
 memory this process may use is streamed; a smaller one is read into memory. A structured
 model's run (sets or series) streams its rows with their mask, padded to the run's widest.
+
+:func:`member_rows` gives the members of mixed-effects groups as rows, from memory or from
+a store read one shard at a time, for estimators that train on members (the local factor
+of :class:`sbikit.HierarchicalNPE`, and :class:`sbikit.NLE`'s trials).
 """
 
-__all__ = ["StoreStream", "streamed"]
+__all__ = ["StoreStream", "member_rows", "streamed"]
 
 import numpy as np
 import os
@@ -176,3 +180,56 @@ def streamed(data: object, budget: int | None = None) -> StoreStream | None:
     if 3 * row * len(data) <= (memory_limit() if budget is None else budget) / 4:
         return None
     return StoreStream(data)
+
+
+def _valid_groups(store: Store) -> Iterator[Simulations]:
+    r"""Each shard's valid groups, in index order, as :class:`sbikit.Simulations`."""
+
+    for start, stop, fields in store.shards():
+        if not fields["has_x"]:  # every simulation of the shard failed
+            continue
+        local = torch.from_numpy(fields["local"]) if "local" in fields else None
+        part = Simulations(store.theta_rows(start, stop), torch.from_numpy(fields["x"]),
+                           mask=torch.from_numpy(fields["mask"]), structure="set", theta_local=local)
+        yield part[part.valid]
+
+
+def member_rows(data: Simulations | Store, limit: int, seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    r"""The present members of the valid groups of mixed-effects simulations, one row each.
+
+    Returns each member's group parameters :math:`(R, D)`, its observation :math:`(R, L)`
+    and its local parameters :math:`(R, K)` (None if the data have none). Members are
+    numbered group by group; beyond ``limit`` of them, ``limit`` are drawn at random
+    (seeded by ``seed``), in the order drawn.
+
+    A store is read one shard at a time, twice (to count, then to gather), so memory holds
+    the chosen rows and one shard; it gives the same rows, in the same order, as the same
+    simulations in memory.
+    """
+
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(data, Simulations):
+        data = data[data.valid]
+        rows = data.mask.nonzero()  # (R, 2): group, member
+        if len(rows) > limit:
+            rows = rows[torch.randperm(len(rows), generator=generator)[:limit]]
+        group, member = rows[:, 0], rows[:, 1]
+        local = None if data.theta_local is None else data.theta_local[group, member]
+        return data.theta[group], data.x[group, member], local
+    counts = [int(part.mask.sum()) for part in _valid_groups(data)]
+    total = sum(counts)
+    if not total:
+        raise ValueError(f"the store {data.path} holds no valid group with members.")
+    wanted = torch.randperm(total, generator=generator)[:limit] if total > limit else torch.arange(total)
+    ordered, drawn = wanted.sort()
+    pieces, offset = [], 0
+    for part, count in zip(_valid_groups(data), counts):
+        lo, hi = torch.searchsorted(ordered, torch.tensor([offset, offset + count])).tolist()
+        group, member = part.mask.nonzero()[ordered[lo:hi] - offset].unbind(1)
+        local = None if part.theta_local is None else part.theta_local[group, member]
+        pieces.append((part.theta[group], part.x[group, member], local))
+        offset += count
+    theta, x, local = (torch.cat(column) if column[0] is not None else None for column in zip(*pieces))
+    back = torch.empty_like(drawn)
+    back[drawn] = torch.arange(len(drawn))  # from the sorted order back to the order drawn
+    return theta[back], x[back], None if local is None else local[back]
