@@ -122,6 +122,18 @@ def test_automatic_settings_follow_the_number_of_rows():
     # about 1,000 steps: 4 per epoch at 900 rows, 44 at 90,000 rows
     assert small[2] == 250 and large[2] == 30
     assert TrainConfig(batch_size=64, learning_rate=0.01, max_epochs=7).resolve(900) == (64, 0.01, 7)
+    # sets and series: half the batch and twice the steps, so as many epochs at most
+    batch, rate, epochs = TrainConfig().resolve(900, structured=True)
+    assert (batch, epochs) == (128, 250) and rate == pytest.approx(small[1] / 2**0.5)
+    assert TrainConfig(steps=500).resolve(900, structured=True)[2] == 63
+    assert TrainConfig(steps=500).resolve(900)[2] == 125
+
+
+def test_npe_trains_series_in_smaller_batches():
+    model = sbikit.simulators.ornstein_uhlenbeck.model()
+    data = sbikit.simulate(model, 1000, seed=0, show_progress=False)
+    posterior = sbikit.NPE(model.prior, training=TrainConfig(max_epochs=1, show_progress=False)).fit(data)
+    assert posterior.history["batch_size"] == TrainConfig().resolve(900, structured=True)[0] == 128
 
 
 def test_history_records_the_settings_used(box_data):
