@@ -301,10 +301,11 @@ class HierarchicalNPE:
 
         if streamed(data) is None:
             data = in_memory(data)
-        if getattr(data, "structure", None) == "set" and isinstance(data, Simulations):
-            data = training_data(self.model.global_prior, data)  # once: the global fit gets clean rows
-        rows = member_rows(data, self.max_member_rows, self.training.seed) if getattr(
-            data, "structure", None) == "set" else None
+        rows = None
+        if getattr(data, "structure", None) == "set":
+            if isinstance(data, Simulations):
+                data = training_data(self.model.global_prior, data)  # once: the global fit gets clean rows
+            rows = member_rows(data, self.max_member_rows, self.training.seed)
         if rows is None or rows[2] is None:
             raise TypeError(
                 "HierarchicalNPE needs mixed-effects simulations with local parameters: "
