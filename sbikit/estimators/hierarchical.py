@@ -32,7 +32,7 @@ from ..data import Simulations
 from ..models import MixedEffects
 from ..posterior import AmortizedPosterior
 from ..priors import SupportOnly
-from ..runs.stream import member_rows, streamed
+from ..runs.stream import member_rows, too_large
 from ..train import TrainConfig
 from .base import in_memory, training_data
 from .npe import NPE, NPEPosterior
@@ -299,7 +299,7 @@ class HierarchicalNPE:
         read whole: the global factor streams it as :class:`NPE` does, and the local factor
         trains on ``max_member_rows`` members drawn from it one shard at a time."""
 
-        if streamed(data) is None:
+        if not too_large(data):
             data = in_memory(data)
         rows = None
         if getattr(data, "structure", None) == "set":

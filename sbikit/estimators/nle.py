@@ -47,7 +47,7 @@ from ..flows import coupling_flow, start_at_identity
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
-from ..runs.stream import member_rows, streamed
+from ..runs.stream import member_rows, streamed, too_large
 from ..train import TrainConfig, fit
 from .base import NLE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
@@ -344,12 +344,14 @@ class NLE:
         r"""Trains the surrogate on ``data``; rows with non-finite values are excluded. A store
         (:func:`sbikit.open_store`) too large for memory is streamed from disk, as in NPE."""
 
-        stream = streamed(data)
         members = getattr(data, "structure", None) == "set"
+        stream = None
         if members:  # each member is a trial: at most max_member_rows of them, read into memory
-            theta, x, _ = member_rows(training_data(self.prior, data) if stream is None else data,
+            theta, x, _ = member_rows(data if too_large(data) else training_data(self.prior, data),
                                       self.max_member_rows, self.training.seed)
-            data, stream = Simulations(theta=theta, x=x), None
+            data = Simulations(theta=theta, x=x)
+        else:
+            stream = streamed(data)
         data = training_data(self.prior, data if stream is None else stream.sample())
         if data.structure == "series":
             raise TypeError(

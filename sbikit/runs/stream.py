@@ -16,7 +16,7 @@ a store read one shard at a time, for estimators that train on members (the loca
 of :class:`sbikit.HierarchicalNPE`, and :class:`sbikit.NLE`'s trials).
 """
 
-__all__ = ["StoreStream", "member_rows", "streamed"]
+__all__ = ["StoreStream", "member_rows", "streamed", "too_large"]
 
 import numpy as np
 import os
@@ -166,20 +166,29 @@ class StoreStream:
             buffer, rows = ([tuple(c[rest] for c in columns)], len(rest)) if len(rest) else ([], 0)
 
 
-def streamed(data: object, budget: int | None = None) -> StoreStream | None:
-    r"""A :class:`StoreStream` for a complete store too large for a quarter of ``budget``
-    bytes (by default :func:`memory_limit`); None for anything else."""
+def too_large(data: object, budget: int | None = None) -> bool:
+    r"""Whether ``data`` is a store too large for a quarter of ``budget`` bytes (by default
+    :func:`memory_limit`), to be streamed rather than read into memory.
+
+    Raises:
+        StoreError: If it is a store with simulations missing.
+    """
 
     if not isinstance(data, Store):
-        return None
+        return False
     if not data.complete:
         data.simulations()  # raises, saying what is missing
     shape = data.x_shape or ()
     row = 4 * (data.theta_rows(0, 1).shape[1] + int(np.prod(shape)))
     # training holds about three copies (the rows, their split, their unconstrained parameters)
-    if 3 * row * len(data) <= (memory_limit() if budget is None else budget) / 4:
-        return None
-    return StoreStream(data)
+    return 3 * row * len(data) > (memory_limit() if budget is None else budget) / 4
+
+
+def streamed(data: object, budget: int | None = None) -> StoreStream | None:
+    r"""A :class:`StoreStream` for a complete store too large for a quarter of ``budget``
+    bytes (see :func:`too_large`); None for anything else."""
+
+    return StoreStream(data) if too_large(data, budget) else None
 
 
 def _valid_groups(store: Store) -> Iterator[Simulations]:
@@ -203,27 +212,24 @@ def member_rows(data: Simulations | Store, limit: int, seed: int) -> tuple[Tenso
     (seeded by ``seed``), in the order drawn.
 
     A store is read one shard at a time, twice (to count, then to gather), so memory holds
-    the chosen rows and one shard; it gives the same rows, in the same order, as the same
-    simulations in memory.
+    the chosen rows and one shard; simulations in memory are one part, gathered the same
+    way, so both give the same rows in the same order.
     """
 
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(data, Simulations):
-        data = data[data.valid]
-        rows = data.mask.nonzero()  # (R, 2): group, member
-        if len(rows) > limit:
-            rows = rows[torch.randperm(len(rows), generator=generator)[:limit]]
-        group, member = rows[:, 0], rows[:, 1]
-        local = None if data.theta_local is None else data.theta_local[group, member]
-        return data.theta[group], data.x[group, member], local
-    counts = [int(part.mask.sum()) for part in _valid_groups(data)]
+    memory = [data[data.valid]] if isinstance(data, Simulations) else None
+
+    def groups() -> list[Simulations] | Iterator[Simulations]:  # a store is read again on each pass
+        return memory if memory is not None else _valid_groups(data)
+
+    counts = [int(part.mask.sum()) for part in groups()]
     total = sum(counts)
     if not total:
-        raise ValueError(f"the store {data.path} holds no valid group with members.")
+        raise ValueError("the simulations hold no valid group with members.")
+    generator = torch.Generator().manual_seed(seed)
     wanted = torch.randperm(total, generator=generator)[:limit] if total > limit else torch.arange(total)
     ordered, drawn = wanted.sort()
     pieces, offset = [], 0
-    for part, count in zip(_valid_groups(data), counts):
+    for part, count in zip(groups(), counts):
         lo, hi = torch.searchsorted(ordered, torch.tensor([offset, offset + count])).tolist()
         group, member = part.mask.nonzero()[ordered[lo:hi] - offset].unbind(1)
         local = None if part.theta_local is None else part.theta_local[group, member]
