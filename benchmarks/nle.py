@@ -26,6 +26,7 @@ Run it from the repository root::
     python benchmarks/nle.py                 # the full tables
     python benchmarks/nle.py --quick         # smoke test: N = 1,000, 1 parameter, 2,000 draws
     python benchmarks/nle.py --markdown
+    python benchmarks/nle.py --simulators gaussian_linear --posterior-simulations 1000000 --device cuda
 
 Timings depend on the machine; torch's default number of threads is used. The speed table
 counts processor time (all threads of the process), so that other work on the machine does
@@ -65,11 +66,12 @@ TIMED_DRAWS = 1_000
 THETA_SEED_OFFSET = 1_000_000
 
 
-def train(module, num_simulations: int, seed: int) -> tuple[object, sbikit.Simulations, float]:
+def train(module, num_simulations: int, seed: int, device: str = "cpu") -> tuple[object, sbikit.Simulations, float]:
     prior = module.prior()
     data = sbikit.simulate(module.simulator, prior, num_simulations=num_simulations, seed=seed, show_progress=False)
     start = time.perf_counter()
-    likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(show_progress=False, seed=seed)).fit(data)
+    config = sbikit.TrainConfig(show_progress=False, seed=seed, device=device)
+    likelihood = sbikit.NLE(prior, training=config).fit(data)
     return likelihood, data, time.perf_counter() - start
 
 
@@ -241,6 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draws", type=int, default=10_000, help="draws per C2ST (default 10,000)")
     parser.add_argument("--methods", nargs="+", choices=("sbikit", "sbi"), default=["sbikit", "sbi"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="where sbikit trains and evaluates its networks, e.g. cuda (sbi stays on the CPU)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     parser.add_argument("--quick", action="store_true", help="smoke test: N = 1,000, 1 parameter, 2,000 draws")
     args = parser.parse_args(argv)
@@ -262,7 +266,8 @@ def main(argv=None) -> None:
     print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs{load}; N = {args.num_simulations:,}, seed {args.seed}", flush=True)
     started = time.perf_counter()
-    likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed) for name in args.simulators}
+    likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed, args.device)
+                   for name in args.simulators}
 
     emulator = emulator_rows(likelihoods, args.parameters, args.draws, args.seed)
     tables = [("emulator: C2ST of likelihood.sample against the simulator at fixed parameters",
@@ -271,7 +276,7 @@ def main(argv=None) -> None:
         posterior = []
         for n in args.posterior_simulations:
             likelihood, data, _ = (likelihoods["gaussian_linear"] if n == args.num_simulations
-                                   else train(gaussian_linear, n, args.seed))
+                                   else train(gaussian_linear, n, args.seed, args.device))
             posterior += posterior_rows(likelihood, data, args.draws, args.seed)
         tables.append(("posterior on gaussian_linear: MCMC draws against the analytic posterior; the floor is "
                        "the C2ST of a least-squares fit of the exact model class to the same simulations",

@@ -17,7 +17,8 @@ For each simulator (``two_moons``, ``gaussian_linear``, ``poisson_glm``,
 Methods: ``sbikit`` (``sbikit.NPE`` defaults) and, when the optional ``bench``
 extra is installed (``pip install sbikit[bench]``, which brings ``sbi``),
 ``sbi-maf`` (sbi's NPE with its default density estimator) and ``sbi-nsf``,
-both with sbi's default training settings, on the CPU.
+both with sbi's default training settings, on the CPU. ``sbikit-cuda``, only when named in
+``--methods``, is ``sbikit`` trained and sampled on a CUDA device, beside it in the same run.
 
 Amortized sampling (``--amortized M``, on by default with M = 1,000): for the
 first simulator at the largest budget, each method draws 1,000 samples for each
@@ -38,6 +39,7 @@ Run it from the repository root::
     python benchmarks/npe.py --quick              # smoke test: N = 500, 1 observation
     python benchmarks/npe.py --num-simulations 1000 --simulators two_moons --observations 5 --seed 1
     python benchmarks/npe.py --methods sbikit --markdown
+    python benchmarks/npe.py --methods sbikit sbikit-cuda   # CPU against GPU, on a machine with one
 
 Timings depend on the machine; torch's default number of threads is used.
 """
@@ -71,6 +73,7 @@ except ImportError:  # the optional `bench` extra is not installed
 SIMULATORS = {"two_moons": two_moons, "gaussian_linear": gaussian_linear, "poisson_glm": poisson_glm,
               "sinusoid": sinusoid}
 METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
+DEVICE_METHODS = ("sbikit-cuda",)  # sbikit trained and sampled on the GPU: only when asked for
 BASELINE = "sbi-maf"
 NUM_SAMPLES = 10_000
 AMORTIZED_SAMPLES = 1_000
@@ -108,8 +111,8 @@ class Sampler:
     many: dict
 
 
-def train_sbikit(prior, data: sbikit.Simulations, seed: int) -> tuple[Sampler, int]:
-    config = sbikit.TrainConfig(show_progress=False, seed=seed)
+def train_sbikit(prior, data: sbikit.Simulations, seed: int, device: str = "cpu") -> tuple[Sampler, int]:
+    config = sbikit.TrainConfig(show_progress=False, seed=seed, device=device)
     posterior = sbikit.NPE(prior, training=config).fit(data)
 
     def sample(n: int, x: torch.Tensor) -> torch.Tensor:
@@ -176,8 +179,8 @@ def train_sbi(prior, data: sbikit.Simulations, estimator: str) -> tuple[Sampler,
 
 
 def train(method: str, prior, data: sbikit.Simulations, seed: int) -> tuple[Sampler, int]:
-    if method == "sbikit":
-        return train_sbikit(prior, data, seed)
+    if method.startswith("sbikit"):
+        return train_sbikit(prior, data, seed, "cuda" if method == "sbikit-cuda" else "cpu")
     return train_sbi(prior, data, method.removeprefix("sbi-"))
 
 
@@ -337,7 +340,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--amortized", type=int, default=1_000, metavar="M",
                         help=f"observations for the amortized-sampling timing, {AMORTIZED_SAMPLES:,} samples "
                              "each (default 1,000; 0 skips it)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+    parser.add_argument("--methods", nargs="+", choices=METHODS + DEVICE_METHODS, default=list(METHODS),
                         help="methods to run; sbi's need the `bench` extra (default: all available)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the simulations, observations and training")
     parser.add_argument("--markdown", action="store_true", help="print the final table as markdown")
@@ -355,7 +358,7 @@ def main(argv=None) -> None:
     methods = list(dict.fromkeys(args.methods))
     if sbi is None:
         print("sbi is not installed (pip install sbikit[bench]); showing sbikit only.", flush=True)
-        methods = [m for m in methods if m == "sbikit"]
+        methods = [m for m in methods if m.startswith("sbikit")]
         if not methods:
             sys.exit("no method to run.")
     versions = f"sbikit {sbikit.__version__}, torch {torch.__version__}"

@@ -158,8 +158,8 @@ class Likelihood(io.Saveable):
         :math:`r = (u, t)`, both standardized (differentiable in ``u``)."""
 
         net = self.network
+        theta = self.transform(u.double()).to(net.theta_loc)  # on u's device: the prior's, not the network's
         u = u.to(net.theta_loc)
-        theta = self.transform(u.double()).to(u)
         return torch.cat(((u - net.theta_loc) / net.theta_scale, (theta - net.bound_loc) / net.bound_scale), -1)
 
     def sample(self, num_samples: int, theta: object) -> Tensor:
