@@ -4,7 +4,7 @@ r"""Benchmark of sbikit's NLE: the emulator, the MCMC posterior over i.i.d. tria
    simulations (10,000 by default); for 5 fixed parameters :math:`\theta_k` (prior
    draws, seeded), the C2ST between 10,000 draws of ``likelihood.sample`` and 10,000
    simulator draws at :math:`\theta_k` (0.5 is perfect).
-2. **Posterior.** On ``gaussian_linear``, trained on 10,000 and on 100,000 simulations
+2. **Posterior.** On ``gaussian_linear``, trained on 10,000, 100,000 and 1,000,000 simulations
    (``--posterior-simulations``), with 1, 10 and 100 i.i.d. trials of one parameter,
    the C2ST between 10,000 MCMC draws and the analytic posterior
    :math:`\mathcal{N}(\sum_i x_i / (n + 1), 0.1 / (n + 1) I)`, and the posterior sd
@@ -234,11 +234,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), default=list(SIMULATORS))
     parser.add_argument("--num-simulations", type=int, default=10_000, metavar="N")
-    parser.add_argument("--posterior-simulations", type=int, nargs="+", default=[10_000, 100_000], metavar="N",
-                        help="training budgets for the posterior table (default 10,000 and 100,000: with 100 "
-                             "trials the posterior is 10x narrower than one trial's, and the surrogate's "
+    parser.add_argument("--posterior-simulations", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                        metavar="N",
+                        help="training budgets for the posterior table (default 10,000, 100,000 and 1,000,000: "
+                             "with 100 trials the posterior is 10x narrower than one trial's, and the surrogate's "
                              "statistical error in the mean of x, about sd(x) / sqrt(N / 11) in 10-D, must be "
-                             "small against it)")
+                             "small against it; see the floor column)")
     parser.add_argument("--parameters", type=int, default=5, help="fixed parameters for the emulator (default 5)")
     parser.add_argument("--draws", type=int, default=10_000, help="draws per C2ST (default 10,000)")
     parser.add_argument("--methods", nargs="+", choices=("sbikit", "sbi"), default=["sbikit", "sbi"])

@@ -25,6 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from sbikit import _arviz
     from sbikit.plots import pair_plot
+    from sbikit.train import best_validation
 
     module = importlib.import_module(f"sbikit.simulators.{args.simulator}")
     prior = module.prior()
@@ -40,10 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
     names = getattr(module, "PARAMETER_NAMES", None)
     posterior = sbikit.NPE(prior, training=config, parameter_names=names).fit(data)
     history = posterior.history
-    print(
-        f"      {history['epochs']} epochs, best validation loss "
-        f"{history['validation_loss'][history['best_epoch']]:.3f} at epoch {history['best_epoch'] + 1}"
-    )
+    print(f"      {history['epochs']} epochs, best validation loss {best_validation(history)}")
 
     print("[3/5] sampling the posterior of a held-out observation")
     held_out = sbikit.simulate(module.simulator, prior, 1, seed=args.seed + 1, show_progress=False)

@@ -199,6 +199,34 @@ def _batch_term(module: nn.Module, tensors: list[Tensor]) -> Tensor | float:
     return 0.0 if batch_loss is None else batch_loss(*tensors)
 
 
+def _num_validation(num_rows: int, config: TrainConfig) -> int:
+    n_val = max(1, int(round(num_rows * config.validation_fraction)))
+    if num_rows - n_val < 1:
+        raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {num_rows}.")
+    return n_val
+
+
+def held_out(num_rows: int, config: TrainConfig) -> Tensor:
+    r"""Which of ``num_rows`` rows in memory :func:`fit` holds out for validation under
+    ``config``, :math:`(N,)` booleans: statistics fitted before training (standardization,
+    the regression adjustment) use the other rows only, so that validation judges them
+    fairly against what training learns."""
+
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(config.seed))
+    mask = torch.zeros(num_rows, dtype=torch.bool)
+    mask[order[: _num_validation(num_rows, config)]] = True
+    return mask
+
+
+def best_validation(history: dict) -> str:
+    r"""The best validation loss of a training ``history`` and where it was seen, in words."""
+
+    epoch = history["best_epoch"]
+    if epoch < 0:
+        return f"{history['initial_validation_loss']:.4f} at the start, before any epoch"
+    return f"{history['validation_loss'][epoch]:.4f} at epoch {epoch + 1}"
+
+
 def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
@@ -242,9 +270,7 @@ class Training:
         else:
             n = len(tensors[0])
             self.order = order = torch.randperm(n, generator=self.generator)
-            n_val = max(1, int(round(n * config.validation_fraction)))
-            if n - n_val < 1:
-                raise ValueError(f"need at least 2 valid simulations to train with a validation split, got {n}.")
+            n_val = _num_validation(n, config)
             self.val = [t[order[:n_val]].to(self.device) for t in tensors]
             self.train = [t[order[n_val:]].to(self.device) for t in tensors]
             n_train = n - n_val
@@ -284,6 +310,8 @@ class Training:
             state = self.checkpoints.load()
             if state is not None:
                 self._restore(state)
+        if self.history["epochs"] == 0:
+            self._validate_start()
 
     @property
     def done(self) -> bool:
@@ -314,6 +342,22 @@ class Training:
             os.kill(os.getpid(), signal.SIGTERM)
         if self.done:
             self.bar.close()
+
+    def _validate_start(self) -> None:
+        r"""Makes the starting weights the first candidate for the weights kept.
+
+        An estimator that starts at a fitted model (the regression adjustment's Gaussian,
+        with the flow at the identity) then keeps it unless an epoch of training does
+        better on validation: on a simulator that the Gaussian describes exactly, the
+        flow can only fit the noise of the training rows.
+        """
+
+        self.module.eval()
+        loss = _mean_loss(self.module, self.val, max(self.batch_size, 1024))
+        self.history["initial_validation_loss"] = loss
+        if math.isfinite(loss):
+            self.best, self.best_state = loss, copy.deepcopy(self.module.state_dict())
+            self.history["best_epoch"] = -1
 
     def _epoch(self) -> None:
         module, config, history = self.module, self.config, self.history
@@ -459,7 +503,7 @@ class Training:
                 stopped = "stopped early" if self.stopped else "stopped by the caller"
             print(
                 f"{self.name}: {history['epochs']} epochs in {self.seconds:.1f} s ({stopped}); "
-                f"best validation loss {self.best:.4f} at epoch {history['best_epoch'] + 1}",
+                f"best validation loss {best_validation(history)}",
                 file=sys.stderr,
             )
         if self.best_state is None:
@@ -482,8 +526,10 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, nam
 
     Returns:
         The history: per-epoch ``train_loss`` and ``validation_loss``, the
-        ``best_epoch``, the number of ``epochs`` run and of ``skipped_steps``, and
-        the ``batch_size``, ``learning_rate`` and ``max_epochs`` used.
+        ``initial_validation_loss`` of the starting weights, the ``best_epoch`` (the
+        index of the epoch whose weights are kept, -1 for the starting weights), the
+        number of ``epochs`` run and of ``skipped_steps``, and the ``batch_size``,
+        ``learning_rate`` and ``max_epochs`` used.
 
     Raises:
         TrainingError: After ``config.max_nonfinite`` non-finite losses in a row.

@@ -8,6 +8,7 @@ import sbikit
 
 from sbikit.diagnostics import c2st
 from sbikit.simulators import gaussian_linear
+from sbikit.train import held_out
 
 from conftest import noisy
 
@@ -43,6 +44,19 @@ def test_emulator_matches_the_simulator(trained):
     exact = Normal(theta, 0.1).log_prob(x[:2000]).sum(-1)
     surrogate = likelihood.log_prob(x[:2000], theta=theta)
     assert abs(float((surrogate - exact).mean())) < 0.2  # a KL divergence of under 0.2 nats
+
+
+def test_statistics_are_fitted_on_the_rows_trained_on_and_the_start_is_a_candidate(trained):
+    prior, likelihood = trained
+    data = sbikit.simulate(noisy, prior, 1000, seed=0, show_progress=False)  # the fixture's
+    kept = ~held_out(len(data), sbikit.TrainConfig(max_epochs=15))
+    network = likelihood.network
+    assert torch.allclose(network.x_loc, data.x[kept].mean(0), atol=1e-5)
+    assert torch.allclose(network.x_scale, data.x[kept].std(0), atol=1e-5)
+    # the weights kept have the least validation loss, the starting weights (the regression's Gaussian) included
+    history = likelihood.history
+    losses = [history["initial_validation_loss"]] + history["validation_loss"]
+    assert losses[history["best_epoch"] + 1] == min(losses)
 
 
 def test_posterior_of_iid_trials(trained):

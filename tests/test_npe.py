@@ -8,7 +8,7 @@ import zuko
 
 import sbikit
 
-from sbikit.train import TrainConfig, fit
+from sbikit.train import TrainConfig, Training, fit, held_out
 
 from conftest import noisy
 
@@ -81,9 +81,13 @@ def test_history_and_standardization_are_kept(trained):
     _, data, posterior = trained
     history = posterior.history
     assert len(history["train_loss"]) == len(history["validation_loss"]) == history["epochs"]
-    assert history["validation_loss"][history["best_epoch"]] == min(history["validation_loss"])
-    assert torch.allclose(posterior.network.x_loc, data.x.mean(0), atol=1e-5)
-    assert torch.allclose(posterior.network.x_scale, data.x.std(0), atol=1e-5)
+    losses = [history["initial_validation_loss"]] + history["validation_loss"]
+    assert losses[history["best_epoch"] + 1] == min(losses)  # -1: the starting weights
+    # standardized on the rows trained on, not those held out for validation
+    kept = ~held_out(len(data), TrainConfig(max_epochs=15))  # the fixture's seed
+    assert torch.allclose(posterior.network.x_loc, data.x[kept].mean(0), atol=1e-5)
+    assert torch.allclose(posterior.network.x_scale, data.x[kept].std(0), atol=1e-5)
+    assert not torch.allclose(posterior.network.x_loc, data.x.mean(0), atol=1e-5)
     state = posterior.network.state_dict()
     assert {"theta_loc", "theta_scale", "x_loc", "x_scale"} <= set(state)
 
@@ -291,6 +295,29 @@ def test_fit_restores_the_best_weights_and_stops_early():
     assert history["validation_loss"][best] == min(history["validation_loss"])
 
 
+def test_the_starting_weights_are_kept_unless_an_epoch_beats_them_on_validation():
+    # w starts at the mean of the validation rows, the minimizer of their loss: no epoch can beat it
+    data = (torch.randn(400, 1, generator=torch.Generator().manual_seed(0)),)
+    config = TrainConfig(max_epochs=50, patience=5, learning_rate=0.05, show_progress=False)
+    held = held_out(400, config)
+    module = Quadratic()
+    start = float(data[0][held, 0].mean())
+    module.w.data.fill_(start)
+    history = fit(module, data, config)
+    assert history["best_epoch"] == -1 and history["epochs"] == 5  # stopped after `patience` epochs
+    assert float(module.w.detach()) == start
+    assert history["initial_validation_loss"] < min(history["validation_loss"])
+
+
+def test_held_out_names_the_rows_that_training_validates_on():
+    config = TrainConfig(seed=3, validation_fraction=0.2, show_progress=False)
+    x = torch.arange(50.0)[:, None]
+    run = Training(Quadratic(), (x,), config)
+    held = held_out(50, config)
+    assert int(held.sum()) == 10 and torch.equal(run.val[0].sort(0).values, x[held])
+    assert torch.equal(run.train[0].sort(0).values, x[~held])
+
+
 @pytest.mark.parametrize("average", [0.0, 0.5, 0.99])
 def test_the_weights_kept_are_the_moving_average_of_the_steps(average, monkeypatch):
     # one epoch of 9 steps (81 training rows): the weights kept (and validated) are the average of the
@@ -431,7 +458,8 @@ def test_sets_are_standardized_per_feature_so_permutations_change_nothing(box3, 
     data = sbikit.simulate(members, box3, 200, seed=0, show_progress=False)
     posterior = sbikit.NPE(box3, summary=SetSummary(), training=quick).fit(data)
     assert posterior.network.x_loc.shape == (2,)
-    assert torch.allclose(posterior.network.x_loc, data.x.reshape(-1, 2).mean(0), atol=1e-5)
+    kept = ~held_out(len(data), quick)  # the rows trained on
+    assert torch.allclose(posterior.network.x_loc, data.x[kept].reshape(-1, 2).mean(0), atol=1e-5)
     x = data.x[0]
     shuffled = x[torch.randperm(6)]
     theta = box3.sample((8,))

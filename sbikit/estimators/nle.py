@@ -48,7 +48,7 @@ from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint
 from ..runs.stream import member_rows, streamed, too_large
-from ..train import TrainConfig, fit
+from ..train import TrainConfig, fit, held_out
 from .base import NLE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 from .npe import LowerAffineTransform
 
@@ -358,7 +358,8 @@ class NLE:
                 "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
                 "for time series use sbikit.NPE."
             )
-        likelihood, tensors = self._build(data)
+        # in memory, the statistics fitted before training leave out the rows held for validation
+        likelihood, tensors = self._build(data, None if stream is not None else ~held_out(len(data), self.training))
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)
             tensors.transform = functools.partial(_training_rows, likelihood)
@@ -367,9 +368,9 @@ class NLE:
         likelihood.history["members_as_trials"] = members
         return likelihood
 
-    def _build(self, data: Simulations) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
-        r"""Builds an untrained likelihood for ``data``, with its standardization and adjustment,
-        and the training tensors."""
+    def _build(self, data: Simulations, fitted: Tensor | None = None) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
+        r"""Builds an untrained likelihood for ``data``, with its standardization and adjustment
+        fitted on the ``fitted`` rows (all, if None), and the training tensors."""
 
         config = self.training
         with torch.random.fork_rng(devices=[]):
@@ -390,16 +391,17 @@ class NLE:
             u = likelihood.transform.inv(data.theta.double())
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
+            rows = slice(None) if fitted is None else fitted
             x = data.x.reshape(len(data), -1)
             for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
                                          ((network.bound_loc, network.bound_scale), data.theta),
                                          ((network.x_loc, network.x_scale), x)):
-                mean, std = standardize(values)
+                mean, std = standardize(values[rows])
                 loc.copy_(mean)
                 scale.copy_(std)
             r, x = _training_rows(likelihood, data.theta, data.x)
             if self.adjust and x.shape[1] <= MAX_ADJUSTED:
-                coef, tril = linear_adjustment((x - network.x_loc) / network.x_scale, r)
+                coef, tril = linear_adjustment((x[rows] - network.x_loc) / network.x_scale, r[rows])
                 network.x_coef.copy_(coef)
                 network.x_tril.copy_(tril)
         return likelihood, (r, x)

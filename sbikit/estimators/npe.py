@@ -42,7 +42,7 @@ from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import AmortizedPosterior, SupportMappedDistribution
 from ..priors import from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
-from ..train import TrainConfig, Training
+from ..train import TrainConfig, Training, held_out
 from .base import NPE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
 
 
@@ -373,10 +373,12 @@ class NPE:
                 "intervals": NPE_INTERVALS,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
-            u = posterior.transform.inv(data.theta.double())
+            # in memory, the statistics fitted before training leave out the rows held for validation
+            keep = slice(None) if stream is not None else ~held_out(len(data), config)
+            fitted = data[keep]
             for (loc, scale), values in (
-                ((network.theta_loc, network.theta_scale), u),
-                ((network.x_loc, network.x_scale), data.x if structure is None else data.x[data.mask]),
+                ((network.theta_loc, network.theta_scale), posterior.transform.inv(fitted.theta.double())),
+                ((network.x_loc, network.x_scale), fitted.x if structure is None else fitted.x[fitted.mask]),
             ):
                 mean, std = standardize(values)
                 loc.copy_(mean)
@@ -385,8 +387,8 @@ class NPE:
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
             if adjust:
-                z = ((data.x - network.x_loc) / network.x_scale).reshape(len(data), -1)
-                coef, tril = linear_adjustment(u, z[:, : network.theta_coef.shape[1]])
+                z = ((fitted.x - network.x_loc) / network.x_scale).reshape(len(fitted), -1)
+                coef, tril = linear_adjustment(u[keep], z[:, : network.theta_coef.shape[1]])
                 network.theta_coef.copy_(coef)
                 network.theta_tril.copy_(tril)
             tensors = (u, data.x) if structure is None else (u, data.x, data.mask)
