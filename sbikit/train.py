@@ -460,6 +460,15 @@ class Training:
                 f"the checkpoint in {self.checkpoints.directory} was made with another validation split (other "
                 "data or TrainConfig.seed); pass another checkpoint directory to train afresh."
             )
+        settings = ("batch_size", "learning_rate", "max_epochs")
+        changed = [f"{name}: {state['history'].get(name)} there, {self.history[name]} now" for name in settings
+                   if state["history"].get(name) != self.history[name]]
+        if changed:
+            raise TrainingError(
+                f"the checkpoint in {self.checkpoints.directory} was made with other training settings "
+                f"({'; '.join(changed)}); pass the TrainConfig it was made with, or another checkpoint "
+                "directory to train afresh."
+            )
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -294,6 +294,16 @@ def test_a_corrupt_checkpoint_falls_back_to_the_one_before(tmp_path):
         faulty.train(str(tmp_path))
 
 
+def test_a_checkpoint_made_with_other_training_settings_is_refused(tmp_path):
+    from sbikit.train import TrainConfig, fit
+
+    faulty.train(str(tmp_path))
+    # the same data and seed (so the same split), but a smaller batch: resuming would silently mix the two
+    config = TrainConfig(batch_size=32, max_epochs=12, learning_rate=1e-2, show_progress=False, checkpoint=str(tmp_path))
+    with pytest.raises(sbikit.TrainingError, match=r"other training settings \(batch_size: 64 there, 32 now\)"):
+        fit(faulty.Regression(), faulty.regression_data(), config)
+
+
 def test_sigterm_saves_a_checkpoint_and_ends_training(tmp_path):
     whole = faulty.train(None)
     # checkpoints every 100 epochs: only SIGTERM (in epoch 3, at step 22) makes one
