@@ -159,6 +159,54 @@ def test_a_simulator_that_ignores_rng_needs_the_flag():
         sbikit.simulate(lambda t: t, UNIT, 4, seed=0, rng=True, show_progress=False)
 
 
+_SOMETIMES_CALLS = []
+
+
+def _sometimes(theta):
+    # torch always; numpy's global generator only above 0.5, and random's only below 0.2
+    _SOMETIMES_CALLS.append(1)
+    out = theta + 0.1 * torch.randn(1)
+    if float(theta[0]) > 0.5:
+        out = out + float(np.random.normal())
+    if float(theta[0]) < 0.2:
+        out = out + random.random()
+    return out
+
+
+def test_unbatched_data_are_those_of_seeding_every_generator_per_simulation():
+    # the runner seeds only the generators it has seen a simulator draw from, checks the others at
+    # the end of each chunk, and runs a chunk again when one moved: the data must not show it
+    from sbikit.runs import chunk as chunk_module
+
+    chunk_module._DRAWS_FROM.clear()
+    _SOMETIMES_CALLS.clear()
+    # one chunk, whose first parameter (0.37) draws from torch only: the others are found at its end
+    data = sbikit.simulate(_sometimes, UNIT, 40, seed=0, batched=False, batch_size=40, show_progress=False)
+    assert float(data.theta[0, 0]) == pytest.approx(0.37, abs=0.01) and len(_SOMETIMES_CALLS) == 80  # ran twice
+    assert chunk_module._DRAWS_FROM[chunk_module._simulator_key(_sometimes)] == {TORCH, NUMPY, PYTHON}
+    chunk_module._DRAWS_FROM.clear()
+    assert torch.equal(sbikit.simulate(_sometimes, UNIT, 40, seed=0, batched=False, batch_size=6,
+                                       show_progress=False).x, data.x)
+    seeds = simulation_seeds(0, np.arange(40))
+    expected = []
+    for k, theta in enumerate(data.theta):
+        torch.manual_seed(int(stream_keys(seeds, TORCH)[k]))
+        np.random.seed(int(stream_keys(seeds, NUMPY)[k]) & 0xFFFFFFFF)
+        random.seed(int(stream_keys(seeds, PYTHON)[k]))
+        expected.append(_sometimes(theta))
+    assert torch.equal(data.x, torch.stack(expected))
+    # a simulator that draws from none of them is run once per chunk, with nothing seeded
+    calls = []
+
+    def counted(theta):
+        calls.append(1)
+        return 2 * theta
+
+    data = sbikit.simulate(counted, UNIT, 12, seed=0, batched=False, batch_size=5, show_progress=False)
+    assert len(calls) == 12 and torch.equal(data.x, 2 * data.theta)
+    assert chunk_module._DRAWS_FROM.get(chunk_module._simulator_key(counted), frozenset()) == frozenset()
+
+
 def test_global_generators_are_left_alone(box3):
     np.random.seed(1)
     random.seed(1)
