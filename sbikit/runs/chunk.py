@@ -353,8 +353,7 @@ def _state(generator: int) -> object:
 def _global_fingerprint() -> tuple:
     r"""Identifies the state of numpy's and Python's global generators."""
 
-    state = np.random.get_state()
-    return state[1].tobytes(), state[2], random.getstate()
+    return _state(NUMPY), _state(PYTHON)
 
 
 def _check_shapes(shapes: set) -> torch.Size:
