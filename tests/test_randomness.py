@@ -202,8 +202,8 @@ def test_unbatched_data_are_those_of_seeding_every_generator_per_simulation():
         calls.append(1)
         return 2 * theta
 
-    data = sbikit.simulate(counted, UNIT, 12, seed=0, batched=False, batch_size=5, show_progress=False)
-    assert len(calls) == 12 and torch.equal(data.x, 2 * data.theta)
+    data = sbikit.simulate(counted, UNIT, 40, seed=0, batched=False, batch_size=40, show_progress=False)
+    assert len(calls) == 40 and torch.equal(data.x, 2 * data.theta)
     assert chunk_module._DRAWS_FROM.get(chunk_module._simulator_key(counted), frozenset()) == frozenset()
 
 
