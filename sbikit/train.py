@@ -343,6 +343,11 @@ class Training:
         if self.done:
             self.bar.close()
 
+    def _validation_loss(self) -> float:
+        r"""The module's mean loss over the validation rows, in large chunks."""
+
+        return _mean_loss(self.module, self.val, max(self.batch_size, 1024))
+
     def _validate_start(self) -> None:
         r"""Makes the starting weights the first candidate for the weights kept.
 
@@ -353,7 +358,7 @@ class Training:
         """
 
         self.module.eval()
-        loss = _mean_loss(self.module, self.val, max(self.batch_size, 1024))
+        loss = self._validation_loss()
         self.history["initial_validation_loss"] = loss
         if math.isfinite(loss):
             self.best, self.best_state = loss, copy.deepcopy(self.module.state_dict())
@@ -393,7 +398,7 @@ class Training:
             with torch.no_grad():
                 current = [p.detach().clone() for p in self.params]
                 torch._foreach_copy_([p.data for p in self.params], self.average)
-        val_loss = _mean_loss(module, self.val, max(self.batch_size, 1024))
+        val_loss = self._validation_loss()
         self.scheduler.step()
         history["train_loss"].append(total / max(count, 1))
         history["validation_loss"].append(val_loss)
