@@ -1,3 +1,4 @@
+import copy
 import math
 import pytest
 import torch
@@ -44,6 +45,44 @@ def test_emulator_matches_the_simulator(trained):
     exact = Normal(theta, 0.1).log_prob(x[:2000]).sum(-1)
     surrogate = likelihood.log_prob(x[:2000], theta=theta)
     assert abs(float((surrogate - exact).mean())) < 0.2  # a KL divergence of under 0.2 nats
+
+
+def test_emulator_is_right_next_to_the_bounds(trained):
+    _, likelihood = trained
+    # 0.5% of the interval from a bound: inside the tails of the map onto the real line (the outer 5%)
+    theta = torch.tensor([1.98, -1.98, 0.0])
+    torch.manual_seed(2)
+    x = likelihood.sample(20_000, theta=theta)
+    assert bool(((x.mean(0) - theta).abs() < 0.03).all()), x.mean(0)
+    assert bool(((x.std(0) / 0.1 - 1).abs() < 0.1).all()), x.std(0)
+
+
+def test_the_flow_and_the_regression_read_parameters_in_natural_coordinates(trained, tmp_path):
+    from sbikit.estimators.nle import natural_columns
+    from torch.distributions import LogNormal, Uniform
+
+    # r = (u_0, u_1, u_2, t_0, t_1, t_2): a half-line is read as its logarithm u (and regressed on t
+    # too), an interval and the real line as the parameter t
+    prior = sbikit.ProductPrior([LogNormal(0.0, 1.0), Uniform(0.0, 1.0), Normal(0.0, 2.0)])
+    context, regressors = natural_columns(prior, 3)
+    assert context.tolist() == [0, 4, 5] and regressors.tolist() == [0, 3, 4, 5]
+    # a box prior: the flow sees t, and the regression has no coefficient on u
+    _, likelihood = trained
+    network = likelihood.network
+    assert network.context_index.tolist() == [3, 4, 5]
+    assert bool((network.x_coef[:, :3] == 0).all()) and bool((network.x_coef[:, 3:].diagonal().abs() > 0.5).all())
+    # a file from before the buffer was conditioned on u, and loads so
+    likelihood.save(tmp_path / "likelihood.sbk")
+    payload = torch.load(tmp_path / "likelihood.sbk", weights_only=True)
+    del payload["state_dict"]["context_index"]
+    torch.save(payload, tmp_path / "old.sbk")
+    old = sbikit.load(tmp_path / "old.sbk")
+    assert old.network.context_index.tolist() == [0, 1, 2]
+    on_u = copy.deepcopy(network)
+    on_u.context_index.copy_(torch.arange(3))
+    r, z = torch.randn(4, 6), torch.randn(3)
+    assert torch.equal(old.network(r).log_prob(z), on_u(r).log_prob(z))
+    assert not torch.allclose(old.network(r).log_prob(z), network(r).log_prob(z))
 
 
 def test_statistics_are_fitted_on_the_rows_trained_on_and_the_start_is_a_candidate(trained):
