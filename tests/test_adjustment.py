@@ -123,17 +123,30 @@ def test_automatic_settings_follow_the_number_of_rows():
     assert small[2] == 250 and large[2] == 30
     assert TrainConfig(batch_size=64, learning_rate=0.01, max_epochs=7).resolve(900) == (64, 0.01, 7)
     # sets and series: half the batch and twice the steps, so as many epochs at most
-    batch, rate, epochs = TrainConfig().resolve(900, structured=True)
+    batch, rate, epochs = TrainConfig().resolve(900, kind="structured")
     assert (batch, epochs) == (128, 250) and rate == pytest.approx(small[1] / 2**0.5)
-    assert TrainConfig(steps=500).resolve(900, structured=True)[2] == 63
+    assert TrainConfig(steps=500).resolve(900, kind="structured")[2] == 63
     assert TrainConfig(steps=500).resolve(900)[2] == 125
+    # NLE: a quarter of NPE's batch over as many epochs; the same where the batch is capped
+    batch, rate, epochs = TrainConfig().resolve(900, kind="likelihood")
+    assert (batch, epochs) == (64, 250) and rate == pytest.approx(small[1] / 2)
+    assert TrainConfig().resolve(90_000, kind="likelihood") == large
+    assert TrainConfig(steps=500).resolve(900, kind="likelihood")[2] == 34  # 500 steps of 15 per epoch
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TrainConfig().resolve(900, kind="sets")
 
 
 def test_npe_trains_series_in_smaller_batches():
     model = sbikit.simulators.ornstein_uhlenbeck.model()
     data = sbikit.simulate(model, 1000, seed=0, show_progress=False)
     posterior = sbikit.NPE(model.prior, training=TrainConfig(max_epochs=1, show_progress=False)).fit(data)
-    assert posterior.history["batch_size"] == TrainConfig().resolve(900, structured=True)[0] == 128
+    assert posterior.history["batch_size"] == TrainConfig().resolve(900, kind="structured")[0] == 128
+
+
+def test_nle_trains_in_smaller_batches(box_data):
+    prior, data = box_data
+    likelihood = sbikit.NLE(prior, training=TrainConfig(max_epochs=1, show_progress=False)).fit(data)
+    assert likelihood.history["batch_size"] == TrainConfig().resolve(900, kind="likelihood")[0] == 64
 
 
 def test_history_records_the_settings_used(box_data):

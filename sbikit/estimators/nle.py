@@ -379,7 +379,7 @@ class NLE:
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)
             tensors.transform = functools.partial(_training_rows, likelihood)
-        likelihood.history = fit(likelihood.network, tensors, self.training, "training")
+        likelihood.history = fit(likelihood.network, tensors, self.training, "training", "likelihood")
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
         likelihood.history["members_as_trials"] = members
         return likelihood

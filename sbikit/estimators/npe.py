@@ -395,4 +395,4 @@ class NPE:
             if stream is not None:
                 tensors = copy.copy(stream)
                 tensors.transform = lambda theta, *rest: (posterior.unconstrain(theta), *rest)  # x, and a mask
-            return posterior, Training(network, tensors, config, name, structured=structure is not None)
+            return posterior, Training(network, tensors, config, name, "vectors" if structure is None else "structured")
