@@ -286,7 +286,7 @@ def test_nle_streams_a_store_larger_than_memory_and_learns_the_noise(tmp_path, m
         raise AssertionError("the store was read into memory")
 
     monkeypatch.setattr(type(store), "simulations", forbidden)
-    training = sbikit.TrainConfig(max_epochs=40, show_progress=False)
+    training = sbikit.TrainConfig(batch_size=512, max_epochs=40, show_progress=False)  # 240 steps, all run
     likelihood = sbikit.NLE(PRIOR, training=training, adjust=False).fit(store)
     assert likelihood.history["epochs"] == 40 and np.isfinite(likelihood.history["validation_loss"]).all()
     # x = theta + 0.1 noise: learned from the streamed rows (without the regression adjustment, the
