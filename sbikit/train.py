@@ -61,7 +61,7 @@ class TrainConfig:
             gradient steps, and at least 30 epochs.
         steps: The number of gradient steps that sets ``max_epochs`` when it is None;
             None gives 1,000, 2,000 for sets and series, and for NLE as many epochs
-            as 1,000 steps of :math:`n / 4` rows would take.
+            as NPE's 1,000 steps would take.
         patience: Stop after this many epochs without a better validation loss.
         validation_fraction: The share of rows held out for early stopping.
         clip_norm: The largest gradient norm; larger gradients are scaled down.
@@ -563,6 +563,8 @@ def fit(module: nn.Module, tensors: tuple[Tensor, ...], config: TrainConfig, nam
         tensors: Training tensors with a common first dimension :math:`N`.
         config: The training settings.
         name: The label of the progress bar and of the summary line.
+        kind: What is trained, for the settings that ``config`` leaves automatic
+            (see :meth:`TrainConfig.resolve`).
 
     Returns:
         The history: per-epoch ``train_loss`` and ``validation_loss``, the
