@@ -1,8 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
 __all__ = [
-    "NLE_INTERVALS", "NPE_INTERVALS", "check_estimator_options", "in_memory", "linear_adjustment", "network_features",
-    "standardize", "training_data",
+    "NLE_INTERVALS", "NPE_INTERVALS", "check_estimator_options", "fitted_rows", "in_memory", "linear_adjustment",
+    "network_features", "standardize", "training_data",
 ]
 
 import math
@@ -16,7 +16,7 @@ from torch.distributions import Distribution
 
 from ..data import Simulations
 from ..priors import check_prior, in_support
-from ..train import TrainConfig
+from ..train import TrainConfig, held_out
 
 _MIN_SCALE = 1e-8
 # How estimators map bounded parameters (priors.from_unconstrained); files record it. NPE's flow sees
@@ -66,6 +66,14 @@ def network_features(network: nn.Module, input_shape: Size, name: str, inputs: s
             f"for B = 2 it returned {shape}."
         )
     return out.shape[1]
+
+
+def fitted_rows(num_rows: int, config: TrainConfig, streamed: bool) -> Tensor | slice:
+    r"""The rows that statistics fitted before training (standardization, the regression
+    adjustment) use: in memory, those that training does not hold out for validation
+    (:func:`sbikit.train.held_out`); for a streamed store, all of the stream's sample."""
+
+    return slice(None) if streamed else ~held_out(num_rows, config)
 
 
 def in_memory(data: object) -> object:

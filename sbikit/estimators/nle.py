@@ -59,8 +59,11 @@ from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint, support_bounds
 from ..runs.stream import member_rows, streamed, too_large
-from ..train import TrainConfig, fit, held_out
-from .base import NLE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from ..train import TrainConfig, fit
+from .base import (
+    NLE_INTERVALS, check_estimator_options, fitted_rows, linear_adjustment, network_features, standardize,
+    training_data,
+)
 from .npe import LowerAffineTransform
 
 MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
@@ -374,8 +377,7 @@ class NLE:
                 "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
                 "for time series use sbikit.NPE."
             )
-        # in memory, the statistics fitted before training leave out the rows held for validation
-        likelihood, tensors = self._build(data, None if stream is not None else ~held_out(len(data), self.training))
+        likelihood, tensors = self._build(data, fitted_rows(len(data), self.training, stream is not None))
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)
             tensors.transform = functools.partial(_training_rows, likelihood)
@@ -384,9 +386,9 @@ class NLE:
         likelihood.history["members_as_trials"] = members
         return likelihood
 
-    def _build(self, data: Simulations, fitted: Tensor | None = None) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
+    def _build(self, data: Simulations, rows: Tensor | slice) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
         r"""Builds an untrained likelihood for ``data``, with its standardization and adjustment
-        fitted on the ``fitted`` rows (all, if None), and the training tensors."""
+        fitted on ``rows`` (:func:`~sbikit.estimators.base.fitted_rows`), and the training tensors."""
 
         config = self.training
         with torch.random.fork_rng(devices=[]):
@@ -407,7 +409,6 @@ class NLE:
             u = likelihood.transform.inv(data.theta.double())
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
-            rows = slice(None) if fitted is None else fitted
             x = data.x.reshape(len(data), -1)
             for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
                                          ((network.bound_loc, network.bound_scale), data.theta),

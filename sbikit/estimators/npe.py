@@ -42,8 +42,11 @@ from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import AmortizedPosterior, SupportMappedDistribution
 from ..priors import from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
-from ..train import TrainConfig, Training, held_out
-from .base import NPE_INTERVALS, check_estimator_options, linear_adjustment, network_features, standardize, training_data
+from ..train import TrainConfig, Training
+from .base import (
+    NPE_INTERVALS, check_estimator_options, fitted_rows, linear_adjustment, network_features, standardize,
+    training_data,
+)
 
 
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
@@ -373,8 +376,7 @@ class NPE:
                 "intervals": NPE_INTERVALS,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
-            # in memory, the statistics fitted before training leave out the rows held for validation
-            keep = slice(None) if stream is not None else ~held_out(len(data), config)
+            keep = fitted_rows(len(data), config, stream is not None)
             fitted = data[keep]
             for (loc, scale), values in (
                 ((network.theta_loc, network.theta_scale), posterior.transform.inv(fitted.theta.double())),
