@@ -7,7 +7,7 @@ network. zuko's autoregressive flows fit the same slot: pass ``zuko.flows.MAF``
 or ``functools.partial(zuko.flows.NSF, transforms=5)``.
 """
 
-__all__ = ["coupling_flow", "affine_coupling_flow", "start_at_identity"]
+__all__ = ["coupling_flow", "affine_coupling_flow", "start_at_identity", "start_couplings_without_context"]
 
 import math
 import torch
@@ -177,6 +177,40 @@ def start_at_identity(flow: torch.nn.Module) -> torch.nn.Module:
                 hyper[-1].weight.zero_()
                 if hyper[-1].bias is not None:
                     hyper[-1].bias.zero_()
+    return flow
+
+
+def start_couplings_without_context(flow: torch.nn.Module) -> torch.nn.Module:
+    r"""Zeroes the context's weights in the first layer of every coupling conditioner in
+    ``flow``, in place, and returns it.
+
+    A coupling's conditioner reads :math:`[x_a; c]`; with the context's columns of its
+    first layer zeroed, it starts as a function of :math:`x_a` alone, and the context
+    enters the couplings only as far as training moves those weights away from zero.
+    The element-wise layers, which read the context alone, keep their weights, so the
+    context still sets the location and scale from the first step. Transforms other
+    than zuko's :class:`~zuko.flows.coupling.GeneralCouplingTransform` (this module's
+    couplings included) are left as they are.
+
+    :class:`sbikit.NLE` starts its flows this way: a simulator's noise often changes
+    little with the parameters, and a coupling that reads them from the start learns
+    a dependence on them from the noise of 10,000 simulations (see
+    :class:`sbikit.estimators.nle.NLENetwork`).
+
+    Example:
+        >>> flow = start_couplings_without_context(coupling_flow(2, 3))
+        >>> coupling = flow.transform.transforms[1]  # after the element-wise layer
+        >>> first = coupling.hyper[0].weight  # its columns: x_a (1), then the context (3)
+        >>> bool((first[:, 1:] == 0).all()), bool((first[:, :1] != 0).any())
+        (True, True)
+    """
+
+    with torch.no_grad():
+        for module in flow.modules():
+            if isinstance(module, GeneralCouplingTransform) and isinstance(module.hyper, torch.nn.Sequential):
+                first = module.hyper[0]
+                if hasattr(first, "weight") and first.weight.dim() == 2:
+                    first.weight[:, int(module.mask.sum()):].zero_()
     return flow
 
 

@@ -54,7 +54,7 @@ from torch.distributions import Distribution, TransformedDistribution
 from .. import io
 from .._checks import check_count, check_theta, check_x
 from ..data import Simulations
-from ..flows import coupling_flow, start_at_identity
+from ..flows import coupling_flow, start_at_identity, start_couplings_without_context
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint, support_bounds
@@ -82,7 +82,20 @@ class NLENetwork(nn.Module):
     the embedding, if any); :class:`NLE` sets them to :func:`natural_columns`, and
     files from before it, which lack the buffer, load conditioned on :math:`u`, as
     they were trained. The flow starts as the identity
-    (:func:`sbikit.flows.start_at_identity`): at the adjustment's Gaussian.
+    (:func:`sbikit.flows.start_at_identity`): at the adjustment's Gaussian. Its
+    couplings start blind to the parameters
+    (:func:`sbikit.flows.start_couplings_without_context`): the element-wise layers
+    carry the parameters' effect on location and scale from the first step, and the
+    couplings learn a dependence on them only as far as the data asks. On two_moons
+    this lowered the emulator's KL divergence, averaged over the prior and training
+    seeds 0-3, from 0.061 to 0.049 at 10,000 simulations and from 0.140 to 0.088 at
+    3,000; the noise's shape is the same at every parameter there. Where it is not
+    (:math:`x_2 | x_1 \sim \mathcal{N}(\theta x_1^2, 0.1^2)`, 5,000 simulations, seeds 0-1), it
+    went from 0.03-0.11 to 0.02-0.07 at :math:`\theta` = 0.1, 0.5 and 0.9. It cost
+    where there is nothing to learn: on :math:`\mathcal{N}(\theta, 0.1^2 I)` at
+    1,000-3,000 simulations, where the adjustment alone is exact, the emulator's
+    width at a corner of the box came out 7-8% off in 2 of 4 seeds (within 4%
+    before); at 10,000 simulations it was within 3% either way.
 
     Arguments:
         features: The number of unconstrained parameters :math:`D_u`.
@@ -101,7 +114,7 @@ class NLENetwork(nn.Module):
         theta_dim = features if theta_dim is None else theta_dim
         self.embedding = embedding
         context = features if embedding is None else network_features(embedding, Size([features]), "embedding")
-        self.flow = start_at_identity(flow(size, context))
+        self.flow = start_couplings_without_context(start_at_identity(flow(size, context)))
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("bound_loc", torch.zeros(theta_dim))
