@@ -188,9 +188,9 @@ def start_couplings_without_context(flow: torch.nn.Module) -> torch.nn.Module:
     first layer zeroed, it starts as a function of :math:`x_a` alone, and the context
     enters the couplings only as far as training moves those weights away from zero.
     The element-wise layers, which read the context alone, keep their weights, so the
-    context still sets the location and scale from the first step. Transforms other
-    than zuko's :class:`~zuko.flows.coupling.GeneralCouplingTransform` (this module's
-    couplings included) are left as they are.
+    context still sets the location and scale from the first step. Couplings are
+    zuko's :class:`~zuko.flows.coupling.GeneralCouplingTransform` and its subclasses,
+    this module's among them; other transforms are left as they are.
 
     :class:`sbikit.NLE` starts its flows this way: a simulator's noise often changes
     little with the parameters, and a coupling that reads them from the start learns

@@ -121,18 +121,19 @@ def test_automatic_settings_follow_the_number_of_rows():
     assert large[1] > small[1]
     # about 1,000 steps: 4 per epoch at 900 rows, 44 at 90,000 rows
     assert small[2] == 250 and large[2] == 30
-    assert TrainConfig(batch_size=64, learning_rate=0.01, max_epochs=7, clip_norm=2.0).resolve(900) == (64, 0.01, 7, 2.0)
+    chosen = TrainConfig(batch_size=64, learning_rate=0.01, max_epochs=7, clip_norm=2.0, patience=3)
+    assert chosen.resolve(900) == chosen.resolve(900, kind="likelihood") == (64, 0.01, 7, 2.0, 3)
     # sets and series: half the batch and twice the steps, so as many epochs at most
-    batch, rate, epochs, clip = TrainConfig().resolve(900, kind="structured")
-    assert (batch, epochs, clip) == (128, 250, 5.0) and rate == pytest.approx(small[1] / 2**0.5)
+    batch, rate, epochs, clip, patience = TrainConfig().resolve(900, kind="structured")
+    assert (batch, epochs, clip, patience) == (128, 250, 5.0, 20) and rate == pytest.approx(small[1] / 2**0.5)
     assert TrainConfig(steps=500).resolve(900, kind="structured")[2] == 63
     assert TrainConfig(steps=500).resolve(900)[2] == 125
     # NLE: a quarter of NPE's batch over as many epochs; the same where the batch is capped
-    # and gradients clipped at a norm of 1 instead of 5
-    batch, rate, epochs, clip = TrainConfig().resolve(900, kind="likelihood")
-    assert (batch, epochs, clip) == (64, 250, 1.0) and rate == pytest.approx(small[1] / 2)
-    assert small[3] == large[3] == 5.0
-    assert TrainConfig().resolve(90_000, kind="likelihood") == (*large[:3], 1.0)
+    # with gradients clipped at a norm of 1 instead of 5, and a patience of 40 epochs instead of 20
+    batch, rate, epochs, clip, patience = TrainConfig().resolve(900, kind="likelihood")
+    assert (batch, epochs, clip, patience) == (64, 250, 1.0, 40) and rate == pytest.approx(small[1] / 2)
+    assert small[3:] == large[3:] == (5.0, 20)
+    assert TrainConfig().resolve(90_000, kind="likelihood") == (*large[:3], 1.0, 40)
     assert TrainConfig(steps=500).resolve(900, kind="likelihood")[2] == 34  # 500 steps of 15 per epoch
     with pytest.raises(ValueError, match="kind must be one of"):
         TrainConfig().resolve(900, kind="sets")
@@ -145,23 +146,23 @@ def test_npe_trains_series_in_smaller_batches():
     assert posterior.history["batch_size"] == TrainConfig().resolve(900, kind="structured")[0] == 128
 
 
-def test_nle_trains_in_smaller_batches_with_a_tighter_clip(box_data):
+def test_nle_trains_in_smaller_batches_with_a_tighter_clip_and_more_patience(box_data):
     prior, data = box_data
     likelihood = sbikit.NLE(prior, training=TrainConfig(max_epochs=1, show_progress=False)).fit(data)
     assert likelihood.history["batch_size"] == TrainConfig().resolve(900, kind="likelihood")[0] == 64
-    assert likelihood.history["clip_norm"] == 1.0
+    assert (likelihood.history["clip_norm"], likelihood.history["patience"]) == (1.0, 40)
 
 
 def test_history_records_the_settings_used(box_data):
     prior, data = box_data
     posterior = sbikit.NPE(prior, training=TrainConfig(max_epochs=2, show_progress=False)).fit(data)
-    batch, rate, _, clip = TrainConfig().resolve(900)  # 10% of 1,000 rows are held out
+    batch, rate, _, clip, patience = TrainConfig().resolve(900)  # 10% of 1,000 rows are held out
     assert (posterior.history["batch_size"], posterior.history["learning_rate"]) == (batch, rate)
-    assert posterior.history["clip_norm"] == clip == 5.0
+    assert (posterior.history["clip_norm"], posterior.history["patience"]) == (clip, patience) == (5.0, 20)
     assert posterior.history["max_epochs"] == 2
 
 
-@pytest.mark.parametrize("name", ["batch_size", "learning_rate", "max_epochs", "steps", "clip_norm"])
+@pytest.mark.parametrize("name", ["batch_size", "learning_rate", "max_epochs", "steps", "clip_norm", "patience"])
 def test_bad_automatic_settings_are_refused(name):
     with pytest.raises(ValueError, match=name):
         TrainConfig(**{name: 0})

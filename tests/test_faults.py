@@ -302,6 +302,11 @@ def test_a_checkpoint_made_with_other_training_settings_is_refused(tmp_path):
     config = TrainConfig(batch_size=32, max_epochs=12, learning_rate=1e-2, show_progress=False, checkpoint=str(tmp_path))
     with pytest.raises(sbikit.TrainingError, match=r"other training settings \(batch_size: 64 there, 32 now\)"):
         fit(faulty.Regression(), faulty.regression_data(), config)
+    # or another gradient clip
+    config = TrainConfig(batch_size=64, max_epochs=12, learning_rate=1e-2, clip_norm=1.0, show_progress=False,
+                         checkpoint=str(tmp_path))
+    with pytest.raises(sbikit.TrainingError, match=r"other training settings \(clip_norm: 5.0 there, 1.0 now\)"):
+        fit(faulty.Regression(), faulty.regression_data(), config)
 
 
 def test_sigterm_saves_a_checkpoint_and_ends_training(tmp_path):
