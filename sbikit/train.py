@@ -201,11 +201,11 @@ class TrainConfig:
         on (0.038-0.054, a mean of 0.047). Without that start, clipped at 1, the mean
         over those seeds was 0.061, as it was clipped at 5 over seeds 0-3. The clip
         does not stop every spike: on other simulations of two_moons (data seeds 1
-        and 2), 3 of 8 runs still stopped at epochs 34-46, 20 epochs after a spike,
-        with KL divergences of 0.091-0.199. So NLE waits 40 epochs instead of 20: those
-        runs went on to 0.049-0.064 (the other five were unchanged or better, and on
-        data seed 0 no run found a better epoch after its 20th stale one), at the
-        cost of 20 more epochs where a run would have stopped.
+        and 2, training seeds 0-3), 3 of 8 runs still stopped at epochs 34-46, 20
+        epochs after a spike, with KL divergences of 0.091-0.199, and one at epoch 85
+        (0.075). So NLE waits 40 epochs instead of 20: those four went on to
+        0.038-0.064, and the other four were unchanged (as were all four on data seed
+        0), at the cost of 20 more epochs where a run would have stopped.
 
         Raises:
             ValueError: If ``kind`` is not one of those.
