@@ -3,7 +3,9 @@ r"""Benchmark of sbikit's NLE: the emulator, the MCMC posterior over i.i.d. tria
 1. **Emulator.** On ``gaussian_linear`` and ``two_moons``, NLE trains on :math:`N`
    simulations (10,000 by default); for 5 fixed parameters :math:`\theta_k` (prior
    draws, seeded), the C2ST between 10,000 draws of ``likelihood.sample`` and 10,000
-   simulator draws at :math:`\theta_k` (0.5 is perfect).
+   simulator draws at :math:`\theta_k` (0.5 is perfect); beside it, with the ``bench``
+   extra, the same C2ST for sbi's NLE (its default density estimator and training) on
+   the same simulations, and both training times.
 2. **Posterior.** On ``gaussian_linear``, trained on 10,000, 100,000 and 1,000,000 simulations
    (``--posterior-simulations``), with 1, 10 and 100 i.i.d. trials of one parameter,
    the C2ST between 10,000 MCMC draws and the analytic posterior
@@ -81,7 +83,8 @@ def fixed_parameters(prior, count: int, seed: int) -> torch.Tensor:
         return prior.sample((count,))
 
 
-def emulator_rows(likelihoods: dict, num_parameters: int, num_draws: int, seed: int) -> list[list[str]]:
+def emulator_rows(likelihoods: dict, sbi_models: dict, num_parameters: int, num_draws: int,
+                  seed: int) -> list[list[str]]:
     rows = []
     for name, (likelihood, _, seconds) in likelihoods.items():
         module = SIMULATORS[name]
@@ -90,9 +93,18 @@ def emulator_rows(likelihoods: dict, num_parameters: int, num_draws: int, seed: 
             true = module.simulator(theta.expand(num_draws, -1))
             fake = likelihood.sample(num_draws, theta=theta)
             score = c2st(true, fake, seed=seed).accuracy
-            rows.append([name, str(k), ", ".join(f"{v:+.2f}" for v in theta.tolist()), f"{score:.3f}",
-                         f"{seconds:.0f}"])
-            print(f"emulator {name} theta_{k}: C2ST {score:.3f}", flush=True)
+            row = [name, str(k), ", ".join(f"{v:+.2f}" for v in theta.tolist()), f"{score:.3f}", f"{seconds:.0f}"]
+            line = f"emulator {name} theta_{k}: C2ST {score:.3f}"
+            if name in sbi_models:
+                _, estimator, sbi_seconds = sbi_models[name]
+                torch.manual_seed(seed + k)
+                with torch.no_grad():
+                    sbi_fake = estimator.sample(torch.Size([num_draws]), condition=theta[None])[:, 0]
+                sbi_score = c2st(true, sbi_fake, seed=seed).accuracy
+                row += [f"{sbi_score:.3f}", f"{sbi_seconds:.0f}"]
+                line += f", sbi {sbi_score:.3f}"
+            rows.append(row)
+            print(line, flush=True)
     return rows
 
 
@@ -182,25 +194,26 @@ def speed_cases(likelihoods: dict, seed: int) -> list[tuple[str, object, torch.T
     return cases
 
 
-def train_sbi(module, data: sbikit.Simulations):
+def train_sbi(module, data: sbikit.Simulations) -> tuple[object, object, float]:
+    r"""sbi's NLE trained on ``data``: the inference object, its density estimator and the seconds it took."""
+
+    start = time.perf_counter()
     inference = SbiNLE(prior=module.prior(), show_progress_bars=False, tracker=NullTracker())
     with contextlib.redirect_stdout(io.StringIO()), quiet_nflows():
-        inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
-    return inference
+        estimator = inference.append_simulations(data.theta, data.x).train(show_train_summary=False)
+    return inference, estimator, time.perf_counter() - start
 
 
-def speed_rows(likelihoods: dict, methods: list[str], seed: int, repeats: int = 3) -> list[list[str]]:
+def speed_rows(likelihoods: dict, sbi_models: dict, seed: int, repeats: int = 3) -> list[list[str]]:
     r"""Each method's processor time (``time.process_time``, every thread of this process) for
-    1,000 draws from the observation, sbikit and sbi alternating, the least of ``repeats``
-    runs (seeds ``seed + r``), with the mean C2ST over the runs."""
+    1,000 draws from the observation, sbikit and sbi (where ``sbi_models`` has the simulator)
+    alternating, the least of ``repeats`` runs (seeds ``seed + r``), with the mean C2ST over the runs."""
 
     rows = []
-    sbi_models = {}
     for label, name, x_o, reference in speed_cases(likelihoods, seed):
-        likelihood, data, _ = likelihoods[name]
-        if "sbi" in methods and name not in sbi_models:
-            sbi_models[name] = train_sbi(SIMULATORS[name], data)
-        runs = {method: [] for method in ("sbikit", "sbi") if method in methods}
+        likelihood, _, _ = likelihoods[name]
+        methods = ["sbikit", "sbi"] if name in sbi_models else ["sbikit"]
+        runs = {method: [] for method in methods}
         for r in range(repeats):
             torch.manual_seed(seed + r)
             start = time.process_time()
@@ -213,7 +226,7 @@ def speed_rows(likelihoods: dict, methods: list[str], seed: int, repeats: int = 
                 start = time.process_time()
                 with quiet_nflows(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    sbi_posterior = sbi_models[name].build_posterior()
+                    sbi_posterior = sbi_models[name][0].build_posterior()
                     sbi_samples = sbi_posterior.sample((TIMED_DRAWS,), x=x_o, show_progress_bars=False)
                 seconds = time.process_time() - start
                 runs["sbi"].append((seconds, c2st(reference[:TIMED_DRAWS], sbi_samples, seed=seed).accuracy, 0))
@@ -270,9 +283,12 @@ def main(argv=None) -> None:
     likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed, args.device)
                    for name in args.simulators}
 
-    emulator = emulator_rows(likelihoods, args.parameters, args.draws, args.seed)
-    tables = [("emulator: C2ST of likelihood.sample against the simulator at fixed parameters",
-               ["simulator", "k", "theta_k", "C2ST", "train s"], emulator, {0, 2})]
+    sbi_models = ({name: train_sbi(SIMULATORS[name], data) for name, (_, data, _) in likelihoods.items()}
+                  if "sbi" in methods else {})
+    emulator = emulator_rows(likelihoods, sbi_models, args.parameters, args.draws, args.seed)
+    header = ["simulator", "k", "theta_k", "C2ST", "train s"] + (["sbi C2ST", "sbi train s"] if sbi_models else [])
+    tables = [("emulator: C2ST of likelihood.sample against the simulator at fixed parameters (sbi: its NLE on "
+               "the same simulations)", header, emulator, {0, 2})]
     if "gaussian_linear" in likelihoods:
         posterior = []
         for n in args.posterior_simulations:
@@ -283,7 +299,7 @@ def main(argv=None) -> None:
                        "the C2ST of a least-squares fit of the exact model class to the same simulations",
                        ["N", "trials", "C2ST", "floor", "sd", "sd theory", "sd / theory", "sampler", "R-hat max", "ESS min",
                         "seconds", "warned"], posterior, {7, 11}))
-    speed = speed_rows(likelihoods, methods, args.seed)
+    speed = speed_rows(likelihoods, sbi_models, args.seed)
     tables.append((f"speed: {TIMED_DRAWS:,} posterior draws, from the observation (sbi: its default MCMC)",
                    ["case", "method", "CPU s", "sbi / sbikit", "C2ST", "warned"], speed, {0, 1, 5}))
     for title, header, rows, left in tables:
