@@ -7,14 +7,21 @@ network. zuko's autoregressive flows fit the same slot: pass ``zuko.flows.MAF``
 or ``functools.partial(zuko.flows.NSF, transforms=5)``.
 """
 
-__all__ = ["coupling_flow", "affine_coupling_flow", "start_at_identity", "start_couplings_without_context"]
+__all__ = [
+    "coupling_flow",
+    "affine_coupling_flow",
+    "start_at_identity",
+    "start_couplings_without_context",
+    "train_location_only",
+]
 
+import contextlib
 import math
 import torch
 import torch.nn.functional as F
 import zuko.nn
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from torch import Tensor
 from torch.distributions import Transform
@@ -212,6 +219,52 @@ def start_couplings_without_context(flow: torch.nn.Module) -> torch.nn.Module:
                 if hasattr(first, "weight") and first.weight.dim() == 2:
                     first.weight[:, int(module.mask.sum()):].zero_()
     return flow
+
+
+@contextlib.contextmanager
+def train_location_only(flow: torch.nn.Module) -> Iterator[bool]:
+    r"""Freezes every parameter of ``flow`` but those of its leading element-wise
+    transforms while the block runs, and yields whether those have any to train.
+
+    The leading element-wise transforms are the instances of zuko's
+    :class:`~zuko.flows.gaussianization.ElementWiseTransform` that come first among the
+    flow's transforms (on the side of the data), before any transform with parameters
+    of another kind: in :func:`coupling_flow` and :func:`affine_coupling_flow`, the
+    conditional location and scale that the couplings read their input from. The
+    element-wise map on the base side is not among them: trained together, the two
+    would share the scale in any proportion, and the couplings would see their input
+    at a scale other than the one they start at. Parameters frozen before the block
+    stay frozen after it; the others are trainable again, even if the block raises.
+
+    :class:`sbikit.NLE` trains its flow's location and scale this way before the whole
+    flow (see :meth:`sbikit.NLE.fit`).
+
+    Example:
+        >>> flow = coupling_flow(2, 3)
+        >>> first = flow.transform.transforms[0]  # the conditional location and scale
+        >>> with train_location_only(flow) as any_to_train:
+        ...     trained = {id(p) for p in flow.parameters() if p.requires_grad}
+        >>> any_to_train, trained == {id(p) for p in first.parameters()}
+        (True, True)
+        >>> all(p.requires_grad for p in flow.parameters())
+        True
+    """
+
+    leading = []
+    for transform in getattr(getattr(flow, "transform", None), "transforms", ()):
+        if isinstance(transform, ElementWiseTransform):
+            leading.append(transform)
+        elif any(True for _ in transform.parameters()):
+            break  # transforms without parameters (permutations) are passed over
+    kept = {id(p) for transform in leading for p in transform.parameters() if p.requires_grad}
+    frozen = [p for p in flow.parameters() if p.requires_grad and id(p) not in kept]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield bool(kept)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
 
 
 class _ScaleAtTheBase(ElementWiseTransform):

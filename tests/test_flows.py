@@ -102,3 +102,25 @@ def test_start_at_identity_gives_the_base_distribution(builder):
     flow(c).log_prob(x + 1).sum().backward()
     zeroed = [m.hyper[-1] for m in flow.modules() if isinstance(getattr(m, "hyper", None), torch.nn.Sequential)]
     assert zeroed and all(float(layer.weight.grad.abs().sum()) > 0 for layer in zeroed)
+
+
+@pytest.mark.parametrize("builder", [sbikit.coupling_flow, sbikit.affine_coupling_flow, zuko.flows.MAF])
+def test_train_location_only_freezes_the_rest_while_the_block_runs(builder):
+    flow = builder(3, 4)
+    first = flow.transform.transforms[0]
+    # the data side's element-wise layer; not the one at the base, nor zuko's MAF, which has none
+    location = set() if builder is zuko.flows.MAF else {id(p) for p in first.parameters()}
+    flow.transform.transforms[1].hyper[0].bias.requires_grad_(False)  # frozen before: stays frozen
+    before = {id(p): p.requires_grad for p in flow.parameters()}
+    with flows.train_location_only(flow) as any_to_train:
+        trained = {id(p) for p in flow.parameters() if p.requires_grad}
+        if location:  # a step of training moves the location and scale only
+            flow(torch.randn(4)).log_prob(torch.randn(5, 3)).sum().backward()
+            assert all((p.grad is not None) == (id(p) in location) for p in flow.parameters())
+    assert any_to_train == bool(location) and trained == location
+    assert {id(p): p.requires_grad for p in flow.parameters()} == before
+    # and an error inside the block leaves the flow as it was
+    with pytest.raises(RuntimeError, match="inside"):
+        with flows.train_location_only(flow):
+            raise RuntimeError("inside")
+    assert {id(p): p.requires_grad for p in flow.parameters()} == before

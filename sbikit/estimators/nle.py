@@ -54,7 +54,7 @@ from torch.distributions import Distribution, TransformedDistribution
 from .. import io
 from .._checks import check_count, check_theta, check_x
 from ..data import Simulations
-from ..flows import coupling_flow, start_at_identity, start_couplings_without_context
+from ..flows import coupling_flow, start_at_identity, start_couplings_without_context, train_location_only
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
 from ..priors import from_unconstrained, in_support, prior_fingerprint, support_bounds
@@ -336,6 +336,8 @@ class NLE:
         adjust: Whether the flow models the residual of a linear regression of the
             observations on the parameters (see the module's description).
         max_member_rows: For mixed-effects data, the most member rows trained on.
+        location_first: Whether the flow's element-wise layers (its conditional
+            location and scale) are trained alone before the whole flow (see :meth:`fit`).
 
     Observations of any fixed shape are flattened for the flow. For sets of members
     (``sbikit.simulate(MixedEffects(...))``), each member is a trial: the surrogate
@@ -360,21 +362,56 @@ class NLE:
         parameter_names: Sequence[str] | None = None,
         adjust: bool = True,
         max_member_rows: int = MAX_MEMBER_ROWS,
+        location_first: bool = True,
     ) -> None:
         self.prior, self.parameter_names = check_estimator_options(prior, flow, training, parameter_names)
         if embedding is not None and not isinstance(embedding, nn.Module):
             raise TypeError(f"embedding must be a torch.nn.Module, got {type(embedding).__name__}.")
-        if not isinstance(adjust, bool):
-            raise TypeError(f"adjust must be True or False, got {adjust!r}.")
+        for name, value in (("adjust", adjust), ("location_first", location_first)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}.")
         self.embedding = embedding
         self.flow = flow if flow is not None else coupling_flow
         self.training = training if training is not None else TrainConfig()
         self.adjust = adjust
+        self.location_first = location_first
         self.max_member_rows = check_count(max_member_rows, "max_member_rows")
 
     def fit(self, data: Simulations) -> Likelihood:
         r"""Trains the surrogate on ``data``; rows with non-finite values are excluded. A store
-        (:func:`sbikit.open_store`) too large for memory is streamed from disk, as in NPE."""
+        (:func:`sbikit.open_store`) too large for memory is streamed from disk, as in NPE.
+
+        With ``location_first`` (the default), training has two stages on the same
+        split. First only the embedding, if any, and the flow's leading element-wise
+        layer train (:func:`sbikit.flows.train_location_only`), for a quarter of the
+        epochs (:meth:`sbikit.TrainConfig.resolve`): with the couplings still the
+        identity, a regression of the observations' location and scale on the
+        parameters. Then the whole flow trains from there; ``history`` is this second
+        stage's, with the first's under ``history["location_stage"]``. Trained together
+        from the start, the couplings, which read both the observations and the
+        parameters, fit the noise of the training rows before the location is learned.
+        At 10,000 simulations:
+
+        - sinusoid (20 observations): the validation loss was lowest after 11-13
+          epochs, and the emulator's mean C2ST at four parameters was 0.643 and 0.643
+          (training seeds 0 and 1); with the location first, 0.582 and 0.599;
+        - two_moons: the KL divergence averaged over the prior went from 0.049 to
+          0.042 (the mean over data seeds 0-2 and training seeds 0-3; the largest from
+          0.064 to 0.049), and the largest at the benchmark's five parameters from
+          0.077 to 0.066 (the mean over those runs; the largest of all from 0.159 to 0.131);
+        - a heteroscedastic, skewed simulator: 0.0210 and 0.0211 averaged over the
+          prior (training seeds 0-3), and 0.101 and 0.122 at a corner of the box.
+
+        Where the data are few it can cost: on the banana of
+        :class:`NLENetwork` at 1,000 simulations and 40 epochs, the KL divergence at
+        :math:`\theta` = 0.1 and 0.5 went from 0.099 and 0.074 to 0.138 and 0.098 (the
+        mean over training seeds 0-3), and at 0.9 from 0.146 to 0.131; at 5,000 it
+        was the same or lower at all three. Training the element-wise layer on the
+        base side too let the two share the scale in any proportion, and on the
+        heteroscedastic simulator one run in four ended 0.015 nats worse. A flow
+        without a leading element-wise layer (zuko's MAF) has one stage;
+        ``location_first=False`` gives one stage for any flow.
+        """
 
         members = getattr(data, "structure", None) == "set"
         stream = None
@@ -394,7 +431,14 @@ class NLE:
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)
             tensors.transform = functools.partial(_training_rows, likelihood)
-        likelihood.history = fit(likelihood.network, tensors, self.training, "training", "likelihood")
+        network, stage = likelihood.network, None
+        if self.location_first:
+            with train_location_only(network.flow) as any_to_train:
+                if any_to_train:
+                    stage = fit(network, tensors, self.training, "location", "location")
+        likelihood.history = fit(network, tensors, self.training, "training", "likelihood")
+        if stage is not None:
+            likelihood.history["location_stage"] = stage
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
         likelihood.history["members_as_trials"] = members
         return likelihood
