@@ -73,7 +73,7 @@ def test_couplings_that_start_without_the_parameters_learn_a_shape_that_depends_
         theta = torch.tensor([value])
         torch.manual_seed(0)
         x = likelihood.sample(5000, theta=theta)
-        # the slope of x_2 on x_1^2; measured 0.111, 0.497 and 0.903. Couplings blind to theta
+        # the slope of x_2 on x_1^2; measured 0.106, 0.497 and 0.898. Couplings blind to theta
         # would give one slope for all three
         design = torch.stack([x[:, 0] ** 2, torch.ones(len(x))], -1)
         slope = float(torch.linalg.lstsq(design, x[:, 1:]).solution[0])
@@ -81,7 +81,8 @@ def test_couplings_that_start_without_the_parameters_learn_a_shape_that_depends_
         true = banana(theta.expand(5000, 1))
         exact = Normal(0.0, 1.0).log_prob(true[:, 0]) + Normal(value * true[:, 0] ** 2, 0.1).log_prob(true[:, 1])
         kl = float((exact - likelihood.log_prob(true, theta=theta)).mean())
-        assert kl < 0.25, (value, kl)  # measured 0.067, 0.070 and 0.136 nats
+        # measured 0.101, 0.082 and 0.141 nats (without the location stage, 0.067, 0.070 and 0.136)
+        assert kl < 0.25, (value, kl)
 
 
 def test_the_flow_and_the_regression_read_parameters_in_natural_coordinates(trained, tmp_path):

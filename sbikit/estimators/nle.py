@@ -336,8 +336,8 @@ class NLE:
         adjust: Whether the flow models the residual of a linear regression of the
             observations on the parameters (see the module's description).
         max_member_rows: For mixed-effects data, the most member rows trained on.
-        location_first: Whether the flow's element-wise layers (its conditional
-            location and scale) are trained alone before the whole flow (see :meth:`fit`).
+        location_first: Whether the flow's leading element-wise layer (its conditional
+            location and scale) is trained alone before the whole flow (see :meth:`fit`).
 
     Observations of any fixed shape are flattened for the flow. For sets of members
     (``sbikit.simulate(MixedEffects(...))``), each member is a trial: the surrogate
