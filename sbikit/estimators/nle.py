@@ -402,7 +402,10 @@ class NLE:
         - a heteroscedastic, skewed simulator: 0.0210 and 0.0211 averaged over the
           prior (training seeds 0-3), and 0.101 and 0.122 at a corner of the box.
 
-        Where the data are few it can cost: on the banana of
+        Corners can lose: in ``benchmarks/nle.py --seed 2`` two_moons' emulator C2ST at
+        :math:`\theta = (-0.95, -1.00)` went from 0.584 to 0.644, while at its other four
+        parameters it went from 0.524-0.547 to 0.513-0.526. Where the data are few it
+        can cost too: on the banana of
         :class:`NLENetwork` at 1,000 simulations and 40 epochs, the KL divergence at
         :math:`\theta` = 0.1 and 0.5 went from 0.099 and 0.074 to 0.138 and 0.098 (the
         mean over training seeds 0-3), and at 0.9 from 0.146 to 0.131; at 5,000 it
