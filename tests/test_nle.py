@@ -278,8 +278,8 @@ def test_an_emulator_of_twenty_noisy_observations_learns_their_location_before_o
 
     # x_j ~ N(A sin(omega t_j), 1) at 20 times: the couplings, trained from the start with the
     # location, fit the noise of the training rows first (the validation loss was lowest after 11-13
-    # epochs, and the mean C2ST below 0.643-0.651 over training seeds 0-2); with the location
-    # trained first, 0.586-0.598
+    # epochs, and the mean C2ST below was 0.643-0.651 over training seeds 0-2); with the location
+    # trained first, 0.582 and 0.599 (seeds 0 and 1)
     prior = sinusoid.prior()
     data = sbikit.simulate(sinusoid.simulator, prior, 10_000, seed=0, show_progress=False)
     likelihood = sbikit.NLE(prior, training=sbikit.TrainConfig(show_progress=False)).fit(data)
@@ -291,4 +291,4 @@ def test_an_emulator_of_twenty_noisy_observations_learns_their_location_before_o
         torch.manual_seed(k)
         true = sinusoid.simulator(theta.expand(5000, 2))
         scores.append(c2st(true, likelihood.sample(5000, theta=theta), seed=0).accuracy)
-    assert sum(scores) / 4 < 0.62, scores  # measured 0.586 (0.573, 0.639, 0.563, 0.570)
+    assert sum(scores) / 4 < 0.62, scores  # measured 0.582 (0.586, 0.631, 0.557, 0.552) by the same steps
