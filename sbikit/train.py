@@ -42,8 +42,8 @@ TRAINING_KINDS = {
     "vectors": (4, 1000, 5.0, 20),
     "structured": (8, 2000, 5.0, 20),
     "likelihood": (16, None, 1.0, 40),
-    "location": (16, None, 1.0, 40),  # NLE's first stage: as "likelihood", a quarter of the epochs
 }
+TRAINING_KINDS["location"] = TRAINING_KINDS["likelihood"]  # NLE's first stage; resolve takes a quarter of the epochs
 
 
 class Schedule(NamedTuple):
