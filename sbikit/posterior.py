@@ -40,19 +40,7 @@ from ._checks import check_count, check_theta, check_x
 from .errors import SamplingError
 from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
-from .priors import in_support, support_bounds
-
-
-def clamp_to_support(theta: Tensor, prior: Distribution) -> Tensor:
-    r"""Moves parameters :math:`(*, D)` that float rounding put on a closed boundary of a
-    box-shaped support just inside it; other supports are left as they are."""
-
-    bounds = support_bounds(prior)
-    if bounds is not None:
-        lower, upper = (b.to(theta.dtype) for b in bounds)
-        theta = torch.maximum(theta, torch.nextafter(lower, upper))
-        theta = torch.minimum(theta, torch.nextafter(upper, lower))
-    return theta
+from .priors import clamp_to_support, in_support
 
 
 class SupportMappedDistribution(Distribution):
@@ -128,7 +116,7 @@ class SupportMappedDistribution(Distribution):
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = theta.cpu()
         inside = in_support(self.prior, theta)
-        safe = torch.where(inside.unsqueeze(-1), theta, self.anchor.to(theta)).double()
+        safe = clamp_to_support(torch.where(inside.unsqueeze(-1), theta, self.anchor.to(theta)), self.prior).double()
         unconstrained = self.transform.inv(safe)
         jacobian = self.transform.log_abs_det_jacobian(unconstrained, safe)
         u = (unconstrained - self.loc) / self.scale
@@ -423,7 +411,7 @@ class MCMCPosterior(Posterior):
 
         count = self.mcmc.num_chains
         with torch.no_grad():
-            u = self.transform.inv(self.prior.sample((self.mcmc.num_candidates,)).double()).float()
+            u = self.transform.inv(clamp_to_support(self.prior.sample((self.mcmc.num_candidates,)), self.prior).double()).float()
         log_w = torch.full((len(u),), -math.inf)
         ok = torch.isfinite(u).all(-1)
         log_w[ok] = self._log_likelihood(u[ok])
@@ -556,7 +544,7 @@ class MCMCPosterior(Posterior):
         flat = theta.reshape(-1, self.theta_dim)
         inside = in_support(self.prior, flat)
         anchor = self.transform(torch.zeros(self.theta_dim, dtype=torch.float64)).float()
-        safe = torch.where(inside.unsqueeze(-1), flat, anchor)
+        safe = clamp_to_support(torch.where(inside.unsqueeze(-1), flat, anchor), self.prior)
         u = self.transform.inv(safe.double()).float()
         log_p = self._log_likelihood(u) + self.prior.log_prob(safe)
         return torch.where(inside, log_p, -math.inf).reshape(theta.shape[:-1])

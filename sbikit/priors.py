@@ -14,6 +14,7 @@ __all__ = [
     "SupportOnly",
     "check_prior",
     "check_same_prior",
+    "clamp_to_support",
     "from_unconstrained",
     "in_support",
     "prior_fingerprint",
@@ -387,6 +388,32 @@ def in_support(prior: Distribution, theta: Tensor) -> Tensor:
     if inside.ndim == theta.ndim:  # elementwise constraints report per dimension
         inside = inside.all(-1)
     return inside & torch.isfinite(theta).all(-1)
+
+
+def clamp_to_support(theta: Tensor, prior: Distribution) -> Tensor:
+    r"""Moves parameters :math:`(*, D)` that lie on a closed boundary of a box-shaped
+    support one step of their dtype inside it; other supports are left as they are.
+
+    The map to unconstrained space (:func:`from_unconstrained`) sends a bound to
+    :math:`\pm\infty`. A parameter on it, whether float rounding put it there or a
+    caller did, is read as the nearest point of its dtype inside the interval, as
+    the samples of :class:`sbikit.posterior.SupportMappedDistribution` are.
+    Rows outside the support must be dealt with before (:func:`in_support`).
+
+    Example:
+        >>> prior = BoxUniform(-torch.ones(2), torch.ones(2))
+        >>> clamp_to_support(torch.tensor([-1.0, 0.5]), prior)
+        tensor([-1.0000,  0.5000])
+        >>> bool(clamp_to_support(torch.tensor([-1.0, 0.5]), prior)[0] > -1)
+        True
+    """
+
+    bounds = support_bounds(prior)
+    if bounds is not None:
+        lower, upper = (b.to(theta) for b in bounds)
+        theta = torch.maximum(theta, torch.nextafter(lower, upper))
+        theta = torch.minimum(theta, torch.nextafter(upper, lower))
+    return theta
 
 
 def _type_name(prior: Distribution) -> str:

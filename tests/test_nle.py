@@ -165,6 +165,29 @@ def test_bad_input_names_the_argument(trained):
         sbikit.NLE(sbikit.BoxUniform(torch.zeros(1), torch.ones(1)), location_first=1)
 
 
+def test_parameters_on_a_bound_of_the_box_are_read_just_inside_it(trained):
+    # torch's interval is closed, so a bound is in the support; the map to unconstrained
+    # space sends it to infinity, and the emulator gave NaN there
+    prior, likelihood = trained
+    on_bound = torch.tensor([-2.0, 0.0, 2.0])
+    inside = torch.nextafter(on_bound, torch.zeros(()))
+    torch.manual_seed(0)
+    x = likelihood.sample(100, theta=on_bound)
+    torch.manual_seed(0)
+    assert bool(torch.isfinite(x).all()) and torch.equal(x, likelihood.sample(100, theta=inside))
+    log_q = likelihood.log_prob(x, theta=on_bound)
+    assert bool(torch.isfinite(log_q).all()) and torch.equal(log_q, likelihood.log_prob(x, theta=inside))
+    posterior = likelihood.posterior(x[:5], sbikit.MCMCConfig(show_progress=False))
+    log_p = posterior.log_prob(torch.stack([on_bound, inside]))
+    assert bool(torch.isfinite(log_p).all()) and log_p[0] == log_p[1]
+    data = sbikit.simulate(noisy, prior, 200, seed=1, show_progress=False)
+    theta = data.theta.clone()
+    theta[0, 0], theta[1, 2] = -2.0, 2.0
+    config = sbikit.TrainConfig(max_epochs=2, show_progress=False)
+    moved = sbikit.NLE(prior, training=config).fit(sbikit.Simulations(theta=theta, x=data.x))
+    assert bool(torch.isfinite(moved.log_prob(x, theta=on_bound)).all())
+
+
 def test_the_location_trains_first_and_both_stages_resume_from_checkpoints(tmp_path):
     prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
     data = sbikit.simulate(lambda t: torch.sin(3 * t) + 0.1 * torch.randn_like(t), prior, 400, seed=0,

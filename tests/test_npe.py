@@ -243,6 +243,22 @@ def test_log_prob_outside_the_support_is_minus_infinity(trained):
     assert math.isfinite(log_p[0]) and log_p[1] == -math.inf
 
 
+def test_parameters_on_a_bound_of_the_box_are_read_just_inside_it(trained, box3, quick):
+    # torch's interval is closed, so a bound is in the support; the map to unconstrained
+    # space sends it to infinity, which gave a NaN density and refused training rows on it
+    _, data, posterior = trained
+    on_bound = torch.tensor([[-2.0, 0.0, 2.0], [0.3, -2.0, 0.1]])
+    inside = torch.nextafter(on_bound, torch.zeros(()))
+    log_p = posterior.log_prob(on_bound, x=torch.zeros(3))
+    assert bool(torch.isfinite(log_p).all()), log_p
+    assert torch.equal(log_p, posterior.log_prob(inside, x=torch.zeros(3)))
+    theta = data.theta[:200].clone()
+    theta[0, 0], theta[1, 2] = -2.0, 2.0
+    moved = sbikit.NPE(box3, training=quick).fit(sbikit.Simulations(theta=theta, x=data.x[:200]))
+    assert moved.network.theta_loc.isfinite().all() and moved.network.theta_scale.isfinite().all()
+    assert bool(torch.isfinite(moved.log_prob(on_bound, x=torch.zeros(3))).all())
+
+
 def test_fit_needs_simulations(box3):
     with pytest.raises(TypeError, match=r"sbikit.Simulations\(theta=theta, x=x\)"):
         sbikit.NPE(box3).fit((torch.zeros(5, 3), torch.zeros(5, 3)))

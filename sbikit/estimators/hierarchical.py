@@ -31,7 +31,7 @@ from .._checks import check_count
 from ..data import Simulations
 from ..models import MixedEffects
 from ..posterior import AmortizedPosterior
-from ..priors import SupportOnly
+from ..priors import SupportOnly, clamp_to_support
 from ..runs.stream import member_rows, too_large
 from ..train import TrainConfig
 from .base import in_memory, training_data
@@ -40,12 +40,12 @@ from .npe import NPE, NPEPosterior
 MAX_MEMBER_ROWS = 200_000  # member rows the local flow trains on, drawn at random beyond this
 
 
-def _local_observations(transform, g: Tensor, x: Tensor) -> Tensor:
+def _local_observations(transform, prior: Distribution, g: Tensor, x: Tensor) -> Tensor:
     r"""The local flow's observations: globals :math:`(*, G)` mapped to unconstrained space
-    by ``transform.inv``, beside members :math:`(*, L)`; the batch shapes broadcast, giving
+    by ``transform.inv`` (those on a bound of ``prior``'s box just inside it), beside members :math:`(*, L)`; the batch shapes broadcast, giving
     :math:`(*, G + L)`."""
 
-    u = transform.inv(g.double()).float()
+    u = transform.inv(clamp_to_support(g, prior).double()).float()
     batch = torch.broadcast_shapes(u.shape[:-1], x.shape[:-1])
     return torch.cat([u.expand(*batch, u.shape[-1]), x.to(u).expand(*batch, x.shape[-1])], dim=-1)
 
@@ -146,7 +146,7 @@ class HierarchicalPosterior(AmortizedPosterior):
         r"""The local flow's observations for globals :math:`(n, G)` and one group :math:`(M, L)`:
         :math:`(n, M, G + L)`."""
 
-        return _local_observations(self.global_transform, g.unsqueeze(-2), x)
+        return _local_observations(self.global_transform, self.prior, g.unsqueeze(-2), x)
 
     def _group(self, x: object, caller: str) -> Tensor:
         r"""Checks one group of members :math:`(M, L)`, once, and puts it on the network's device."""
@@ -318,7 +318,8 @@ class HierarchicalNPE:
         if len(names) != k:
             raise ValueError(f"local_names has {len(names)} names for {k} local parameters.")
         support = _local_support(self.model, data.theta, k)
-        members = Simulations(theta=local, x=_local_observations(global_posterior.transform, theta, x))
+        observations = _local_observations(global_posterior.transform, global_posterior.prior, theta, x)
+        members = Simulations(theta=local, x=observations)
         local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names)
         local_posterior = local_npe.fit(members)
         return HierarchicalPosterior(global_posterior, local_posterior, names)

@@ -57,7 +57,7 @@ from ..data import Simulations
 from ..flows import coupling_flow, start_at_identity, start_couplings_without_context, train_location_only
 from ..mcmc import MCMCConfig
 from ..posterior import MCMCPosterior
-from ..priors import from_unconstrained, in_support, prior_fingerprint, support_bounds
+from ..priors import clamp_to_support, from_unconstrained, in_support, prior_fingerprint, support_bounds
 from ..runs.stream import member_rows, streamed, too_large
 from ..train import TrainConfig, fit
 from .base import (
@@ -183,7 +183,7 @@ class Likelihood(io.Saveable):
                 f"theta{list(row)} = {theta[row].tolist()} lies outside the prior's support, where the "
                 "surrogate was never trained; pass parameters inside the prior's support."
             )
-        return self.standardize(self.transform.inv(theta.double()).float())
+        return self.standardize(self.transform.inv(clamp_to_support(theta, self.prior).double()).float())
 
     def standardize(self, u: Tensor) -> Tensor:
         r"""Maps unconstrained parameters :math:`(*, D_u)` to the network's input
@@ -466,7 +466,7 @@ class NLE:
                 "intervals": NLE_INTERVALS,
             }
             likelihood = Likelihood(self.prior, network, self.parameter_names, specs)
-            u = likelihood.transform.inv(data.theta.double())
+            u = likelihood.transform.inv(clamp_to_support(data.theta, self.prior).double())
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
             x = data.x.reshape(len(data), -1)
@@ -524,4 +524,5 @@ def natural_columns(prior: Distribution, features: int) -> tuple[Tensor, Tensor]
 def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     r"""The network's training rows: the standardized parameters :math:`r` and the flat :math:`x`."""
 
-    return likelihood.standardize(likelihood.transform.inv(theta.double()).float()), x.reshape(len(x), -1)
+    u = likelihood.transform.inv(clamp_to_support(theta, likelihood.prior).double()).float()
+    return likelihood.standardize(u), x.reshape(len(x), -1)

@@ -40,7 +40,7 @@ from ..data import Simulations
 from ..flows import coupling_flow
 from ..nn import MLP, DeepSet, GRUSummary
 from ..posterior import AmortizedPosterior, SupportMappedDistribution
-from ..priors import from_unconstrained, prior_fingerprint
+from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
 from .base import (
@@ -232,7 +232,7 @@ class NPEPosterior(AmortizedPosterior):
     def unconstrain(self, theta: Tensor) -> Tensor:
         r"""Maps parameters :math:`(*, D)` to the flow's standardized space."""
 
-        u = self.transform.inv(theta.double().cpu())
+        u = self.transform.inv(clamp_to_support(theta.cpu(), self.prior).double())
         loc, scale = self.network.theta_loc.cpu().double(), self.network.theta_scale.cpu().double()
         return ((u - loc) / scale).float()
 
@@ -379,7 +379,7 @@ class NPE:
             keep = fitted_rows(len(data), config, stream is not None)
             fitted = data[keep]
             for (loc, scale), values in (
-                ((network.theta_loc, network.theta_scale), posterior.transform.inv(fitted.theta.double())),
+                ((network.theta_loc, network.theta_scale), posterior.transform.inv(clamp_to_support(fitted.theta, self.prior).double())),
                 ((network.x_loc, network.x_scale), fitted.x if structure is None else fitted.x[fitted.mask]),
             ):
                 mean, std = standardize(values)
