@@ -29,6 +29,7 @@ Run it from the repository root::
     python benchmarks/nle.py --quick         # smoke test: N = 1,000, 1 parameter, 2,000 draws
     python benchmarks/nle.py --markdown
     python benchmarks/nle.py --simulators gaussian_linear --posterior-simulations 1000000 --device cuda
+    python benchmarks/nle.py --emulator-seeds 0 1 2 3 --methods sbikit   # the emulator table only, per seed
 
 Timings depend on the machine; torch's default number of threads is used. The speed table
 counts processor time (all threads of the process), so that other work on the machine does
@@ -257,6 +258,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--draws", type=int, default=10_000, help="draws per C2ST (default 10,000)")
     parser.add_argument("--methods", nargs="+", choices=("sbikit", "sbi"), default=["sbikit", "sbi"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--emulator-seeds", type=int, nargs="+", metavar="S",
+                        help="the emulator table only, once per seed (the simulations, the training and the fixed "
+                             "parameters all change with it), with the largest C2ST per simulator")
     parser.add_argument("--device", default="cpu",
                         help="where sbikit trains and evaluates its networks, e.g. cuda (sbi stays on the CPU)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
@@ -266,6 +270,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.num_simulations, args.parameters, args.draws = 1_000, 1, 2_000
         args.posterior_simulations = [1_000]
     return args
+
+
+def emulator_seeds(args, methods: list[str]) -> None:
+    r"""Prints the emulator table for each of ``args.emulator_seeds``, then the largest C2ST per
+    simulator and method over all of them and how many exceed 0.55."""
+
+    rows = []
+    for seed in args.emulator_seeds:
+        likelihoods = {name: train(SIMULATORS[name], args.num_simulations, seed, args.device)
+                       for name in args.simulators}
+        sbi_models = ({name: train_sbi(SIMULATORS[name], data) for name, (_, data, _) in likelihoods.items()}
+                      if "sbi" in methods else {})
+        rows += [[str(seed)] + row for row in emulator_rows(likelihoods, sbi_models, args.parameters, args.draws, seed)]
+    sbi_columns = len(rows[0]) > 6
+    header = ["seed", "simulator", "k", "theta_k", "C2ST", "train s"] + (["sbi C2ST", "sbi train s"] if sbi_columns else [])
+    print("\nemulator: C2ST of likelihood.sample against the simulator at fixed parameters, per seed\n")
+    print(format_lines([header] + rows, left={1, 3}, markdown=args.markdown))
+    print()
+    for name in args.simulators:
+        for label, column in (("sbikit", 4), ("sbi", 6)) if sbi_columns else (("sbikit", 4),):
+            scores = [float(row[column]) for row in rows if row[1] == name]
+            print(f"{name}, {label}: largest C2ST {max(scores):.3f}; {sum(c > 0.55 for c in scores)} of "
+                  f"{len(scores)} above 0.55", flush=True)
 
 
 def main(argv=None) -> None:
@@ -280,6 +307,10 @@ def main(argv=None) -> None:
     print(f"{versions}; Python {platform.python_version()}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs{load}; N = {args.num_simulations:,}, seed {args.seed}", flush=True)
     started = time.perf_counter()
+    if args.emulator_seeds:
+        emulator_seeds(args, methods)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s", flush=True)
+        return
     likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed, args.device)
                    for name in args.simulators}
 
