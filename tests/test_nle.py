@@ -4,7 +4,7 @@ import pytest
 import torch
 import zuko
 
-from torch.distributions import Normal
+from torch.distributions import Normal, Poisson
 
 import sbikit
 
@@ -250,6 +250,60 @@ def test_invalid_rows_custom_embedding_and_array_outputs(tmp_path):
     loaded = sbikit.load(tmp_path / "custom.sbk", embedding=torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh()))
     x = torch.randn(2, 2)
     assert torch.equal(loaded.log_prob(x, theta=torch.zeros(2)), likelihood.log_prob(x, theta=torch.zeros(2)))
+
+
+def test_counts_are_dequantized_into_probabilities_and_integer_draws():
+    # one Poisson count: a density fitted to the integers themselves piles up on them
+    prior = sbikit.BoxUniform(torch.tensor([0.5]), torch.tensor([4.0]))
+    data = sbikit.simulate(lambda t: torch.poisson(t), prior, 2000, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(max_epochs=40, show_progress=False)
+    likelihood = sbikit.NLE(prior, training=config).fit(data)
+    assert likelihood.history["discrete_columns"] == 1
+    counts = torch.arange(16.0).unsqueeze(-1)
+    for rate in (1.5, 3.0):
+        theta = torch.tensor([rate])
+        exact = Poisson(rate).log_prob(counts[:, 0]).exp()
+        # probabilities (the density at each cell's centre); fitted to the integers themselves,
+        # the same steps gave P(1) = 2.3 and a total of 2.85 at rate 1.5
+        p = likelihood.log_prob(counts, theta=theta).exp()
+        assert float((p - exact).abs().max()) < 0.05 and abs(float(p.sum()) - 1) < 0.05, (rate, p, exact)
+        torch.manual_seed(1)
+        x = likelihood.sample(20_000, theta=theta)[:, 0]
+        assert torch.equal(x, x.round())
+        share = (x == counts).float().mean(-1)  # at rate 1.5, 0.285 of 1s against 0.335: smoothed
+        assert float((share - exact).abs().max()) < 0.07, (rate, share, exact)
+    # the posterior of 8 counts; exact: the Gamma(1 + sum, 8) density restricted to the box
+    trials = torch.tensor([[2.0], [1.0], [3.0], [0.0], [2.0], [4.0], [1.0], [2.0]])
+    posterior = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False))
+    samples = posterior.sample(4000)[:, 0]
+    grid = torch.linspace(0.5, 4.0, 20_001, dtype=torch.float64)
+    weights = torch.distributions.Gamma(16.0, 8.0).log_prob(grid).exp()
+    mean = float((grid * weights).sum() / weights.sum())
+    sd = float((((grid - mean) ** 2 * weights).sum() / weights.sum()).sqrt())
+    assert abs(float(samples.mean()) - mean) < 0.15 * sd, (float(samples.mean()), mean)
+    assert abs(float(samples.std()) / sd - 1) < 0.15, (float(samples.std()), sd)
+    with pytest.raises(ValueError, match=r"x_obs has the value 2.5 in column 0.*learned as counts"):
+        likelihood.posterior(torch.tensor([[2.5]]))
+    with pytest.raises(ValueError, match=r"x has the value 0.5 in column 0"):
+        likelihood.log_prob(torch.tensor([0.5]), theta=torch.tensor([1.0]))
+
+
+def test_only_columns_of_integers_are_dequantized_reproducibly_and_old_files_have_none(tmp_path):
+    prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
+    data = sbikit.simulate(lambda t: torch.cat([torch.poisson(t.exp()), noisy(t)], -1), prior, 300, seed=0,
+                           show_progress=False)
+    config = sbikit.TrainConfig(max_epochs=2, show_progress=False)
+    first, second = (sbikit.NLE(prior, training=config).fit(data) for _ in range(2))
+    assert first.network.x_discrete.tolist() == [1.0, 1.0, 0.0, 0.0]
+    x = torch.tensor([[1.0, 0.0, 0.3, -0.2]])
+    assert torch.equal(first.log_prob(x, theta=torch.zeros(2)), second.log_prob(x, theta=torch.zeros(2)))
+    draws = first.sample(50, theta=torch.zeros(2))
+    assert torch.equal(draws[:, :2], draws[:, :2].round()) and not torch.equal(draws[:, 2:], draws[:, 2:].round())
+    state = first.network.state_dict()
+    del state["x_discrete"]  # as in files from before counts were dequantized
+    old = copy.deepcopy(first.network)
+    old.load_state_dict(state)
+    assert not bool(old.x_discrete.any())
 
 
 def test_members_of_mixed_effects_are_iid_trials():
