@@ -414,7 +414,8 @@ class MCMCPosterior(Posterior):
 
         count = self.mcmc.num_chains
         with torch.no_grad():
-            u = self.transform.inv(clamp_to_support(self.prior.sample((self.mcmc.num_candidates,)), self.prior).double()).float()
+            candidates = clamp_to_support(self.prior.sample((self.mcmc.num_candidates,)), self.prior)
+            u = self.transform.inv(candidates.double()).float()
         log_w = torch.full((len(u),), -math.inf)
         ok = torch.isfinite(u).all(-1)
         log_w[ok] = self._log_likelihood(u[ok])

@@ -42,8 +42,8 @@ MAX_MEMBER_ROWS = 200_000  # member rows the local flow trains on, drawn at rand
 
 def _local_observations(transform, prior: Distribution, g: Tensor, x: Tensor) -> Tensor:
     r"""The local flow's observations: globals :math:`(*, G)` mapped to unconstrained space
-    by ``transform.inv`` (those on a bound of ``prior``'s box just inside it), beside members :math:`(*, L)`; the batch shapes broadcast, giving
-    :math:`(*, G + L)`."""
+    by ``transform.inv`` (those on a bound of ``prior``'s box just inside it), beside members
+    :math:`(*, L)`; the batch shapes broadcast, giving :math:`(*, G + L)`."""
 
     u = transform.inv(clamp_to_support(g, prior).double()).float()
     batch = torch.broadcast_shapes(u.shape[:-1], x.shape[:-1])

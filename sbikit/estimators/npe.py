@@ -378,8 +378,9 @@ class NPE:
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
             keep = fitted_rows(len(data), config, stream is not None)
             fitted = data[keep]
+            fitted_u = posterior.transform.inv(clamp_to_support(fitted.theta, self.prior).double())
             for (loc, scale), values in (
-                ((network.theta_loc, network.theta_scale), posterior.transform.inv(clamp_to_support(fitted.theta, self.prior).double())),
+                ((network.theta_loc, network.theta_scale), fitted_u),
                 ((network.x_loc, network.x_scale), fitted.x if structure is None else fitted.x[fitted.mask]),
             ):
                 mean, std = standardize(values)
