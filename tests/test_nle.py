@@ -264,7 +264,7 @@ def test_counts_are_dequantized_into_probabilities_and_integer_draws():
         theta = torch.tensor([rate])
         exact = Poisson(rate).log_prob(counts[:, 0]).exp()
         # probabilities (the density at each cell's centre); fitted to the integers themselves,
-        # the same steps gave P(1) = 2.3 and a total of 2.85 at rate 1.5
+        # the same steps gave P(0) = 2.23 and a total of 2.85 at rate 1.5
         p = likelihood.log_prob(counts, theta=theta).exp()
         assert float((p - exact).abs().max()) < 0.05 and abs(float(p.sum()) - 1) < 0.05, (rate, p, exact)
         torch.manual_seed(1)
@@ -288,7 +288,7 @@ def test_counts_are_dequantized_into_probabilities_and_integer_draws():
         likelihood.log_prob(torch.tensor([0.5]), theta=torch.tensor([1.0]))
 
 
-def test_only_columns_of_integers_are_dequantized_reproducibly_and_old_files_have_none(tmp_path):
+def test_only_columns_of_integers_are_dequantized_reproducibly_and_old_files_have_none():
     prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
     data = sbikit.simulate(lambda t: torch.cat([torch.poisson(t.exp()), noisy(t)], -1), prior, 300, seed=0,
                            show_progress=False)
