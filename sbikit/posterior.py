@@ -350,9 +350,6 @@ class MCMCPosterior(Posterior):
         if mcmc is not None and not isinstance(mcmc, MCMCConfig):
             raise TypeError(f"mcmc must be a sbikit.MCMCConfig, got {type(mcmc).__name__}.")
         x, batch = check_x(x_obs, likelihood.x_shape, name="x_obs")
-        check_counts = getattr(likelihood, "check_counts", None)
-        if check_counts is not None:
-            check_counts(x, "x_obs")
         if len(batch) > 1:
             raise ValueError(
                 f"x_obs has shape {tuple(x.shape)}; pass one observation {tuple(likelihood.x_shape)} or N "

@@ -196,7 +196,13 @@ class Likelihood(io.Saveable):
                 f"theta{list(row)} = {theta[row].tolist()} lies outside the prior's support, where the "
                 "surrogate was never trained; pass parameters inside the prior's support."
             )
-        return self.standardize(self.transform.inv(clamp_to_support(theta, self.prior).double()).float())
+        return self.standardize(self.unconstrained(theta).float())
+
+    def unconstrained(self, theta: Tensor) -> Tensor:
+        r""":math:`T^{-1}(\theta)` in float64 for parameters :math:`(*, D)` in the support; one on a
+        bound of a box is read one step inside it (:func:`sbikit.priors.clamp_to_support`)."""
+
+        return self.transform.inv(clamp_to_support(theta, self.prior).double())
 
     def standardize(self, u: Tensor) -> Tensor:
         r"""Maps unconstrained parameters :math:`(*, D_u)` to the network's input
@@ -318,7 +324,9 @@ class Likelihood(io.Saveable):
             An :class:`sbikit.MCMCPosterior`; its chains run when it is first sampled.
         """
 
-        return MCMCPosterior(self, x_obs, mcmc)
+        posterior = MCMCPosterior(self, x_obs, mcmc)
+        self.check_counts(posterior.trials, "x_obs")
+        return posterior
 
     def config(self) -> dict:
         return {"x_shape": list(self.x_shape), "parameter_names": self.parameter_names, **self.specs,
@@ -499,7 +507,7 @@ class NLE:
                 "intervals": NLE_INTERVALS,
             }
             likelihood = Likelihood(self.prior, network, self.parameter_names, specs)
-            u = likelihood.transform.inv(clamp_to_support(data.theta, self.prior).double())
+            u = likelihood.unconstrained(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
             x = data.x.reshape(len(data), -1)
@@ -574,5 +582,4 @@ def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Te
     r"""The network's training rows: the standardized parameters :math:`r` and the flat
     :math:`x`, dequantized in its discrete columns."""
 
-    u = likelihood.transform.inv(clamp_to_support(theta, likelihood.prior).double()).float()
-    return likelihood.standardize(u), _dequantized(likelihood.network, theta, x.reshape(len(x), -1))
+    return likelihood.standardize(likelihood.unconstrained(theta).float()), _dequantized(likelihood.network, theta, x.reshape(len(x), -1))
