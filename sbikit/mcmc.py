@@ -47,9 +47,15 @@ independence step from the fitted proposal, which moves chains between the modes
 covers; otherwise their shares are fixed, and :math:`\hat R` reports the disagreement
 (a ``RuntimeWarning``).
 
-What neither does: find modes that the importance fit missed. Where the likelihood is far
-narrower than the prior, a few prior draws dominate the weights, and the fit (and so every
-chain) may settle on the modes near them.
+Finding the modes. Where the likelihood is far narrower than the prior, a few prior draws
+dominate the weights, and a Gaussian fitted near the heaviest has a high effective sample
+size, because its own draws never reach the other modes. :class:`sbikit.MCMCPosterior` therefore
+draws more prior draws where few carry the weight, fits a mixture wherever a prior draw beyond
+the Gaussian is as dense as the Gaussian's edge, seeds it as k-means++ does, and moves the seeds
+beyond the Gaussian uphill by gradient ascent before the first proposal. On a posterior with
+four narrow modes of equal mass (SLCP's sign symmetry, ``tests/test_mcmc.py``), this took the
+runs that missed a mode from 10 of 10 seeds to 1 of 10. A mode that no prior draw lands near
+is still missed, and then no diagnostic can tell.
 """
 
 __all__ = ["MCMCConfig", "Chains", "HMC", "SamplingError", "StudentMixture", "importance_fit", "mixture_fit"]
@@ -86,7 +92,10 @@ class MCMCConfig:
             posterior scale.
         max_leapfrog: The most leapfrog steps per iteration.
         num_candidates: Prior draws from which the chains' starting points are
-            importance-resampled (without replacement, by the likelihood).
+            importance-resampled (without replacement, by the likelihood), and the draws
+            per round of the importance fits. Where their weights' effective sample size is
+            below 32, more prior draws are added, doubling, up to :math:`2^{17}` (draw,
+            trial) pairs.
         max_rhat: Warn when any parameter's :math:`\hat R` exceeds this.
         min_ess: Warn when any parameter's bulk effective sample size is below this
             (100, the minimum Vehtari et al. (2021) give for reliable estimates).

@@ -22,8 +22,10 @@ HMC) for any likelihood that follows its contract.
 __all__ = ["AmortizedPosterior", "MCMCPosterior", "Posterior", "SupportMappedDistribution", "clamp_to_support"]
 
 import abc
+import functools
 import math
 import numpy as np
+import scipy.stats
 import threading
 import time
 import torch
@@ -309,6 +311,17 @@ _MIN_DRAWS = 64  # HMC draws per chain at least: R-hat of 64 x 64 independent dr
 _ROWS = 2**16  # (parameter, trial) pairs per network call outside the chains' steps
 _USABLE_FIT = 0.01  # the share above which independence proposals alone are used (on chains up to 30x longer)
 _GOOD_FIT = 0.3  # the Gaussian fit's share below which a mixture is fitted too
+_CANDIDATE_ESS = 32  # prior draws are added while their weights' effective sample size is below this,
+_CANDIDATE_ROWS = 2**17  # up to this many (draw, trial) pairs (or MCMCConfig.num_candidates draws)
+_CLIMB_STEPS = 40  # gradient steps that move the mixture's first means uphill
+_CLIMB_RATE = 0.5  # their first step, in units of the Gaussian fit's scale
+_COVERED = 0.999  # the share of the Gaussian fit's mass inside the ellipsoid that checks for other modes
+
+
+def _ess(log_w: Tensor) -> float:
+    r"""The effective sample size :math:`(\sum_i w_i)^2 / \sum_i w_i^2` of log-weights :math:`(K,)`."""
+
+    return float(1.0 / (torch.softmax(log_w.double(), 0) ** 2).sum())
 
 
 class MCMCPosterior(Posterior):
@@ -318,9 +331,11 @@ class MCMCPosterior(Posterior):
 
     The chains run in the prior's unconstrained space :math:`u = T^{-1}(\theta)`, on
     :math:`\sum_i \log q(x_i | T(u)) + \log p(T(u)) + \log |\det J_T(u)|`, so they
-    never leave the support. ``num_candidates`` prior draws, weighted by their likelihood,
-    start adaptive importance sampling: one Gaussian, and where it fits poorly a mixture
-    (:func:`sbikit.mcmc.mixture_fit`). Where the better fit is usable, independence
+    never leave the support. ``num_candidates`` prior draws (more where few carry the
+    weight), weighted by their likelihood, start adaptive importance sampling: one Gaussian,
+    and where it fits poorly or a prior draw beyond it is as dense as its edge, a mixture
+    (:func:`sbikit.mcmc.mixture_fit`), whose first means beyond the Gaussian climb the density
+    by gradient ascent (see :meth:`_start`). Where the better fit is usable, independence
     Metropolis-Hastings with proposals from it runs on few long chains, its proposals
     evaluated in a few large network calls; otherwise :class:`sbikit.mcmc.HMC` moves all
     chains with one network call per leapfrog step. The chains start from the last
@@ -402,16 +417,12 @@ class MCMCPosterior(Posterior):
                     f"({len(bad)} trial(s) not finite) and the log prior is {prior}")
         return f"{where}, where every trial's log-likelihood is finite and the log prior is {prior}"
 
-    def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor], StudentMixture]:
-        r"""The chains' starting points :math:`(C, D)`, a Gaussian approximation (mean,
-        Cholesky factor) of the posterior in unconstrained space and the independence
-        proposal: prior draws weighted by their likelihood, refined by adaptive importance
-        sampling (a Gaussian, then, where it fits poorly, a mixture, whichever has the larger
-        effective sample size), then resampled by their weights without replacement (Gumbel top-k)."""
+    def _candidates(self, count: int) -> tuple[Tensor, Tensor]:
+        r"""``count`` prior draws in unconstrained space :math:`(K, D)` and their
+        log-likelihoods :math:`(K,)`, :math:`-\infty` where the draw maps to no finite point."""
 
-        count = self.mcmc.num_chains
         with torch.no_grad():
-            candidates = clamp_to_support(self.prior.sample((self.mcmc.num_candidates,)), self.prior)
+            candidates = clamp_to_support(self.prior.sample((count,)), self.prior)
             u = self.transform.inv(candidates.double()).float()
         log_w = torch.full((len(u),), -math.inf)
         ok = torch.isfinite(u).all(-1)
@@ -423,19 +434,95 @@ class MCMCPosterior(Posterior):
                 f"{int((~finite).sum())} of {len(u)} prior draws have a likelihood that is not finite; at the "
                 f"first, {self._describe(u[first])}. Check x_obs against the simulator's outputs."
             )
+        return u, log_w
+
+    def _beyond(self, u: Tensor, log_likelihood: Tensor, loc: Tensor, tril: Tensor) -> bool:
+        r"""Whether a prior draw :math:`(K, D)` outside the 99.9% ellipsoid of the Gaussian
+        fit (mean ``loc``, Cholesky factor ``tril``) has a posterior density as high as the
+        fit's on that ellipsoid: a mode, or a ridge, that the fit does not cover."""
+
+        white = torch.linalg.solve_triangular(tril.double(), (u.double() - loc.double()).T, upper=False)
+        level = float(scipy.stats.chi2.ppf(_COVERED, u.shape[-1]))
+        far = ((white**2).sum(0) > level) & torch.isfinite(log_likelihood)
+        if not bool(far.any()):
+            return False
+        peak = float(self._log_target(loc[None])[0])
+        return bool((log_likelihood[far] + self._log_prior(u[far]) >= peak - level / 2).any())
+
+    def _climb(self, u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
+        r"""Moves the points :math:`(M, D)` that lie outside the 99.9% ellipsoid of the Gaussian
+        fit (mean ``loc``, Cholesky factor ``tril``, :math:`L`) uphill on the log posterior
+        density, and returns them all, each where its density was highest. Inside it, the fit's
+        own draws are dense enough for EM. The climb is ``_CLIMB_STEPS`` steps of Adam, in the
+        coordinates :math:`w = L^{-1} u` that the fit whitens, with a step of ``_CLIMB_RATE``
+        decayed to zero by a cosine; the points move in one network call per step."""
+
+        scale = tril.double()
+        white = torch.linalg.solve_triangular(scale, u.double().T, upper=False).T
+        centre = torch.linalg.solve_triangular(scale, loc.double()[:, None], upper=False)[:, 0]
+        far = ((white - centre) ** 2).sum(-1) > float(scipy.stats.chi2.ppf(_COVERED, u.shape[-1]))
+        if not bool(far.any()):
+            return u
+        w = white[far].float().requires_grad_(True)
+        best = u[far].clone()
+        best_lp = self._log_target(best)
+        optimizer = torch.optim.Adam([w], lr=_CLIMB_RATE)
+        for step in range(_CLIMB_STEPS):
+            for group in optimizer.param_groups:
+                group["lr"] = _CLIMB_RATE * 0.5 * (1 + math.cos(math.pi * step / _CLIMB_STEPS))
+            with torch.enable_grad():
+                point = w @ scale.float().T
+                lp = self._log_density(point)
+                finite = torch.isfinite(lp)
+                (grad,) = torch.autograd.grad(-lp[finite].sum(), w) if bool(finite.any()) else (torch.zeros_like(w),)
+            better = finite & (lp.detach() > best_lp)
+            best[better], best_lp[better] = point.detach()[better], lp.detach()[better]
+            w.grad = torch.where(torch.isfinite(grad), grad, 0.0)
+            optimizer.step()
+        climbed = u.clone()
+        climbed[far] = best
+        return climbed
+
+    def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor], StudentMixture]:
+        r"""The chains' starting points :math:`(C, D)`, a Gaussian approximation (mean,
+        Cholesky factor) of the posterior in unconstrained space and the independence
+        proposal: prior draws weighted by their likelihood, refined by adaptive importance
+        sampling (a Gaussian, then, where it fits poorly, a mixture), then resampled by their
+        weights without replacement (Gumbel top-k).
+
+        Where few prior draws carry the weight (an effective sample size below
+        ``_CANDIDATE_ESS``), more are drawn, doubling, up to ``_CANDIDATE_ROWS`` (draw,
+        trial) pairs: a mode that no prior draw lands near is never found. A mixture is
+        fitted where the Gaussian's effective sample size share is below ``_GOOD_FIT``,
+        and also where a prior draw outside its 99.9% ellipsoid is as dense as the fit on it
+        (:meth:`_beyond`): a Gaussian fitted to one of several separated modes has a high
+        effective sample size, since its own draws never reach the others. Then the
+        mixture is kept if it is usable, whatever its share: it contains the Gaussian as a
+        component, so it covers all the Gaussian covers."""
+
+        count = self.mcmc.num_candidates
+        u, log_w = self._candidates(count)
+        most = max(count, _CANDIDATE_ROWS // len(self.trials))
+        while _ess(log_w) < _CANDIDATE_ESS and len(u) < most:
+            more_u, more_log_w = self._candidates(min(len(u), most - len(u)))
+            u, log_w = torch.cat([u, more_u]), torch.cat([log_w, more_log_w])
 
         prior_draws = u, log_w
-        loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w)
+        loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w, num_draws=count)
         proposal = StudentMixture.single(loc, tril)
-        if self._fit_ess < _GOOD_FIT and self.mcmc.mixture_components > 1:
-            # pooled: each set is weighted by target over its own proposal, so both estimate the same
-            pooled = torch.cat([prior_draws[0], u]), torch.cat([prior_draws[1], log_w])
+        uncovered = self._beyond(*prior_draws, loc, tril)
+        if (self._fit_ess < _GOOD_FIT or uncovered) and self.mcmc.mixture_components > 1:
+            # pooled: each set is weighted by target over its own proposal, so both estimate the same;
+            # of the prior draws, the heaviest (EM's cost grows with the draws; the rest weigh next to nothing)
+            heaviest = prior_draws[1].topk(min(count, len(prior_draws[1]))).indices
+            pooled = torch.cat([prior_draws[0][heaviest], u]), torch.cat([prior_draws[1][heaviest], log_w])
             mixture, v, log_v, ess = mixture_fit(self._log_target, *pooled, defensive=(loc, tril),
-                                                 components=self.mcmc.mixture_components, num_draws=len(u))
-            if ess > self._fit_ess:
+                                                 components=self.mcmc.mixture_components, num_draws=len(u),
+                                                 refine=functools.partial(self._climb, loc=loc, tril=tril))
+            if ess > self._fit_ess or (uncovered and ess >= _USABLE_FIT):
                 proposal, u, log_w, self._fit_ess = mixture, v, log_v, ess
         gumbel = -torch.log(-torch.log(torch.rand(len(u)).clamp_min(1e-30)))
-        return u[(log_w + gumbel).topk(count).indices], (loc, tril), proposal
+        return u[(log_w + gumbel).topk(self.mcmc.num_chains).indices], (loc, tril), proposal
 
     def sample(self, num_samples: int) -> Tensor:
         r"""Draws from the posterior by MCMC.

@@ -33,12 +33,12 @@ _PSEUDO = 0.1  # each mixture covariance gets one pseudo-draw of this share of t
 
 
 def importance_fit(
-    log_target: Callable[[Tensor], Tensor], z: Tensor, log_w: Tensor
+    log_target: Callable[[Tensor], Tensor], z: Tensor, log_w: Tensor, num_draws: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
     r"""Fits a Gaussian to an unnormalized density by adaptive importance sampling.
 
     From weighted draws (for example prior draws weighted by the likelihood), each round
-    fits the weighted mean and covariance, draws as many points from a Gaussian with
+    fits the weighted mean and covariance, draws ``num_draws`` points from a Gaussian with
     them (its variance shrunk at most fourfold per round, so that a few heavy weights do
     not collapse it), and reweights them by target over proposal. It stops when the
     effective sample size reaches 30% of the draws, or after 8 rounds.
@@ -47,14 +47,16 @@ def importance_fit(
         log_target: Maps points :math:`(K, D)` to log-densities :math:`(K,)` (no gradient needed).
         z: The first draws :math:`(K, D)`.
         log_w: Their log importance weights :math:`(K,)`; :math:`-\infty` for none.
+        num_draws: The draws :math:`M` per round; :math:`K` by default.
 
     Returns:
         The mean :math:`(D,)`, the Cholesky factor of the covariance :math:`(D, D)`, the
-        last draws :math:`(K, D)` with their log weights :math:`(K,)`, and the effective
-        sample size of the last weights as a share of :math:`K`.
+        last draws :math:`(M, D)` with their log weights :math:`(M,)`, and the effective
+        sample size of the last weights as a share of :math:`M`.
     """
 
     dim = z.shape[-1]
+    draws = len(z) if num_draws is None else num_draws
     previous = torch.cov(z.double().T).reshape(dim, dim)  # the first draws' spread bounds the first shrinking
     for round_ in range(_ROUNDS + 1):
         w = torch.softmax(log_w.double(), 0)
@@ -67,7 +69,7 @@ def importance_fit(
         if (round_ > 0 and ess >= _GOOD_ESS * len(z)) or round_ == _ROUNDS:
             break
         tril = torch.linalg.cholesky(cov)
-        z = (mean + torch.randn(len(z), dim, dtype=torch.float64) @ tril.T).float()
+        z = (mean + torch.randn(draws, dim, dtype=torch.float64) @ tril.T).float()
         proposal = torch.distributions.MultivariateNormal(mean, scale_tril=tril)
         log_w = log_target(z).double() - proposal.log_prob(z.double())
         log_w = torch.where(torch.isfinite(log_w), log_w, -math.inf)
@@ -162,6 +164,27 @@ def _weighted_em(z: Tensor, w: Tensor, means: Tensor, covs: Tensor, log_pi: Tens
     return means, covs, log_pi
 
 
+def _seeds(z: Tensor, w: Tensor, whiten: Tensor, count: int) -> Tensor:
+    r"""``count`` of the draws :math:`(B, D)`, picked as k-means++ picks its first centres: the
+    first with probability :math:`w_i`, each next one with probability proportional to
+    :math:`w_i d_i^2`, where :math:`d_i` is the whitened distance (``whiten`` :math:`(D, D)`)
+    from draw :math:`i` to the nearest draw picked. Resampling by :math:`w_i` alone puts
+    every seed on the heaviest mode where a few draws carry most of the weight; a separate
+    mode of a few percent of the weight, far away, then gets no component. Draws of zero
+    weight are never picked."""
+
+    white = z @ whiten.T
+    picked = [int(torch.multinomial(w, 1))]
+    nearest = ((white - white[picked[0]]) ** 2).sum(-1)
+    for _ in range(count - 1):
+        score = w * nearest
+        if not bool((score > 0).any()):
+            break  # every draw of positive weight is a seed already
+        picked.append(int(torch.multinomial(score, 1)))
+        nearest = torch.minimum(nearest, ((white - white[picked[-1]]) ** 2).sum(-1))
+    return z[picked]
+
+
 def mixture_fit(
     log_target: Callable[[Tensor], Tensor],
     z: Tensor,
@@ -169,13 +192,14 @@ def mixture_fit(
     defensive: tuple[Tensor, Tensor],
     components: int = COMPONENTS,
     num_draws: int | None = None,
+    refine: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[StudentMixture, Tensor, Tensor, float]:
     r"""Fits a mixture of Student t distributions to an unnormalized density by adaptive
     importance sampling, for a posterior that one Gaussian does not fit (several modes,
     crescents).
 
     Each round fits a Gaussian mixture to the weighted draws by weighted EM (started at the
-    last round's fit; in the first, at ``components`` draws resampled by weight), makes it the
+    last round's fit; in the first, at ``components`` draws picked as k-means++ does), makes it the
     proposal :math:`g` (Student t components with the fitted covariances as scales, plus the
     ``defensive`` component, weight 5%, so that the proposal never misses where the Gaussian
     fit puts mass), draws ``num_draws`` points from it and reweights them by target over
@@ -191,6 +215,12 @@ def mixture_fit(
         defensive: A broad Gaussian fit: its mean :math:`(D,)` and Cholesky factor :math:`(D, D)`.
         components: The mixture's components at most.
         num_draws: The draws per round; :math:`K` by default.
+        refine: Maps the first means :math:`(M, D)` to points near them where the target is
+            higher, for example a few steps uphill (:meth:`sbikit.MCMCPosterior` climbs by
+            gradient ascent). Where any moved, the first proposal is made of them, with
+            equal weights, before any EM; otherwise EM on the draws makes it. A
+            mean picked from a few prior draws near a narrow mode lies far from it by the
+            mode's scale, and EM on those few draws keeps it there.
 
     Returns:
         The proposal, its draws ``(num_draws, D)`` with their log weights ``(num_draws,)``, and
@@ -210,14 +240,16 @@ def mixture_fit(
     z64 = z.double()
     w = torch.softmax(log_w.double(), 0)
     spread = tril.double() @ tril.double().T
-    gumbel = -torch.log(-torch.log(torch.rand(len(z), dtype=torch.float64).clamp_min(1e-30)))
-    count = min(components, len(z))
-    means = z64[(log_w.double() + gumbel).topk(count).indices]
+    means = _seeds(z64, w, torch.linalg.inv(tril.double()), min(components, len(z)))
+    refined = refine(means.float()).double() if refine is not None else means
+    moved, means = not torch.equal(refined, means), refined
+    count = len(means)
     covs = (spread / count ** (2 / dim)).expand(count, dim, dim).clone()
     log_pi = torch.full((count,), -math.log(count), dtype=torch.float64)
     best = None
-    for _ in range(_ROUNDS):
-        means, covs, log_pi = _weighted_em(z64, w, means, covs, log_pi, _PSEUDO * spread)
+    for round_ in range(_ROUNDS):
+        if round_ > 0 or not moved:  # moved means make the first proposal as they are
+            means, covs, log_pi = _weighted_em(z64, w, means, covs, log_pi, _PSEUDO * spread)
         defensive_logit = torch.tensor([math.log(_DEFENSIVE)], dtype=torch.float64)
         logits = torch.cat([log_pi + math.log1p(-_DEFENSIVE), defensive_logit])
         proposal = StudentMixture(logits, torch.cat([means, loc[None].double()]),

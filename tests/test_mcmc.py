@@ -9,6 +9,7 @@ from torch.distributions import Independent, Normal
 
 import sbikit
 
+from sbikit import proposals
 from sbikit.mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from sbikit.priors import from_unconstrained
 
@@ -227,3 +228,65 @@ def test_mixture_fit_covers_both_modes_from_prior_draws():
     # the proposal's mass on each mode, from its own draws
     share = float((proposal.sample((20_000,))[:, 0] > 0).float().mean())
     assert 0.55 < share < 0.85, share
+
+
+class SquaredLikelihood(AnalyticLikelihood):
+    r"""x_i ~ N((theta_1^2, theta_2^2, theta_3, theta_4), noise^2 I): four narrow modes of equal mass,
+    one for each sign of theta_1 and theta_2, about 4 and 3 units apart (SLCP's symmetry)."""
+
+    def trial_log_likelihood(self, u, trials):
+        theta = self.transform(u)
+        mean = torch.cat([theta[..., :2] ** 2, theta[..., 2:]], -1)
+        return Normal(mean.unsqueeze(-2), self.noise).log_prob(trials).sum(-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_separate_narrow_modes_are_all_found_with_their_shares(seed):
+    # Each mode holds about 1e-5 of the prior's mass: the best of 2,000 prior draws falls near one,
+    # and a Gaussian fitted there has a high effective sample size, as its own draws never reach
+    # the others. Before the search for other modes (more prior draws where few carry the weight,
+    # a mixture wherever a prior draw beyond the Gaussian is as dense as the Gaussian's edge, and
+    # its first means moved uphill), every seed of 0-9 gave one or two modes, with no warning.
+    g = torch.Generator().manual_seed(0)
+    mean = torch.tensor([4.0, 2.25, 0.5, 0.5])  # theta = (+-2, +-1.5, 0.5, 0.5)
+    trials = mean + 0.3 * torch.randn(4, 4, generator=g)
+    prior = sbikit.BoxUniform(-3 * torch.ones(4), 3 * torch.ones(4))
+    torch.manual_seed(seed)
+    posterior = sbikit.MCMCPosterior(SquaredLikelihood(prior, 0.3), trials, MCMCConfig(show_progress=False))
+    samples = posterior.sample(4000)
+    shares = torch.stack([((samples[:, 0] > 0) == a) & ((samples[:, 1] > 0) == b)
+                          for a in (True, False) for b in (True, False)]).float().mean(-1)
+    # the exact shares are 1/4 each (the likelihood is even in theta_1 and theta_2, and so is the prior)
+    assert bool(((shares - 0.25).abs() < 0.06).all()), shares
+    assert posterior.history["proposal_components"] >= 4
+    # within each mode, |theta_1| is centred where theta_1^2 matches the trials' mean
+    exact = float(trials[:, 0].mean().sqrt())
+    assert abs(float(samples[:, 0].abs().mean()) - exact) < 0.02, (samples[:, 0].abs().mean(), exact)
+
+
+def test_mixture_seeds_reach_a_light_distant_mode():
+    # k-means++ seeding: 95% of the weight near 0 and 5% near 10; resampling by weight alone would put
+    # all four seeds near 0 with probability 0.95^4 = 0.81
+    torch.manual_seed(0)
+    z = torch.cat([0.1 * torch.randn(1000, 1), 10 + 0.1 * torch.randn(50, 1)]).double()
+    w = torch.cat([torch.full((1000,), 0.95 / 1000), torch.full((50,), 0.05 / 50)]).double()
+    hits = 0
+    for _ in range(20):
+        seeds = proposals._seeds(z, w, torch.eye(1, dtype=torch.float64), 4)
+        assert seeds.shape == (4, 1)
+        hits += bool((seeds > 5).any())
+    assert hits >= 18, hits
+    # draws of zero weight are never picked, and fewer seeds come back when too few draws weigh anything
+    w_two = torch.zeros(1050, dtype=torch.float64)
+    w_two[[0, 1000]] = 0.5
+    seeds = proposals._seeds(z, w_two, torch.eye(1, dtype=torch.float64), 4)
+    assert sorted(seeds[:, 0].tolist()) == sorted([float(z[0]), float(z[1000])])
+
+
+def test_importance_fit_draws_as_many_points_as_asked():
+    torch.manual_seed(0)
+    target = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+    z = 6 * torch.rand(5000, 2) - 3
+    loc, tril, draws, log_w, ess = importance_fit(target.log_prob, z, target.log_prob(z), num_draws=700)
+    assert draws.shape == (700, 2) and log_w.shape == (700,) and 0 < ess <= 1
+    assert torch.allclose(loc, torch.zeros(2), atol=0.1)
