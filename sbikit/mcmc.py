@@ -95,7 +95,7 @@ class MCMCConfig:
             importance-resampled (without replacement, by the likelihood), and the draws
             per round of the importance fits. Where their weights' effective sample size is
             below 32, more prior draws are added, doubling, up to :math:`2^{17}` (draw,
-            trial) pairs.
+            trial) pairs in all (or ``num_candidates`` draws, where that is more).
         max_rhat: Warn when any parameter's :math:`\hat R` exceeds this.
         min_ess: Warn when any parameter's bulk effective sample size is below this
             (100, the minimum Vehtari et al. (2021) give for reliable estimates).
