@@ -241,8 +241,12 @@ def mixture_fit(
     w = torch.softmax(log_w.double(), 0)
     spread = tril.double() @ tril.double().T
     means = _seeds(z64, w, torch.linalg.inv(tril.double()), min(components, len(z)))
-    refined = refine(means.float()).double() if refine is not None else means
-    moved, means = not torch.equal(refined, means), refined
+    moved = False
+    if refine is not None:
+        first = means.float()
+        refined = refine(first)
+        moved = not torch.equal(refined, first)  # compared in the dtype refine saw and returned
+        means = refined.double() if moved else means
     count = len(means)
     covs = (spread / count ** (2 / dim)).expand(count, dim, dim).clone()
     log_pi = torch.full((count,), -math.log(count), dtype=torch.float64)

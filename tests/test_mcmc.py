@@ -290,3 +290,19 @@ def test_importance_fit_draws_as_many_points_as_asked():
     loc, tril, draws, log_w, ess = importance_fit(target.log_prob, z, target.log_prob(z), num_draws=700)
     assert draws.shape == (700, 2) and log_w.shape == (700,) and 0 < ess <= 1
     assert torch.allclose(loc, torch.zeros(2), atol=0.1)
+
+
+def test_mixture_fit_with_a_refine_that_moves_nothing_is_the_plain_fit():
+    # refine sees float32 means: where it moved none, EM makes the first proposal as without it, even
+    # from float64 draws, which a float32 round trip does not give back
+    target = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(MixtureLikelihood.weights),
+        torch.distributions.MultivariateNormal(MixtureLikelihood.means, MixtureLikelihood.covs))
+    z = 8 * torch.rand(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 4
+    loc, tril = z.float().mean(0), torch.linalg.cholesky(torch.cov(z.float().T))
+    fits = []
+    for refine in (None, lambda means: means):
+        torch.manual_seed(1)
+        fits.append(mixture_fit(lambda v: target.log_prob(v.float()), z, target.log_prob(z.float()),
+                                defensive=(loc, tril), refine=refine))
+    assert torch.equal(fits[0][1], fits[1][1]) and fits[0][3] == fits[1][3]
