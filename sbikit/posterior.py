@@ -324,6 +324,20 @@ def _ess(log_w: Tensor) -> float:
     return float(1.0 / (torch.softmax(log_w.double(), 0) ** 2).sum())
 
 
+def _level(dim: int) -> float:
+    r"""The squared Mahalanobis radius of a Gaussian's ``_COVERED`` ellipsoid in ``dim`` dimensions."""
+
+    return float(scipy.stats.chi2.ppf(_COVERED, dim))
+
+
+def _outside(u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
+    r"""Which points :math:`(K, D)` lie outside the ``_COVERED`` ellipsoid of the Gaussian with mean
+    ``loc`` and Cholesky factor ``tril``, :math:`(K,)`."""
+
+    white = torch.linalg.solve_triangular(tril.double(), (u.double() - loc.double()).T, upper=False)
+    return (white**2).sum(0) > _level(u.shape[-1])
+
+
 class MCMCPosterior(Posterior):
     r"""The posterior of a surrogate likelihood and one set of i.i.d. trials, sampled by MCMC.
 
@@ -441,13 +455,11 @@ class MCMCPosterior(Posterior):
         fit (mean ``loc``, Cholesky factor ``tril``) has a posterior density as high as the
         fit's on that ellipsoid: a mode, or a ridge, that the fit does not cover."""
 
-        white = torch.linalg.solve_triangular(tril.double(), (u.double() - loc.double()).T, upper=False)
-        level = float(scipy.stats.chi2.ppf(_COVERED, u.shape[-1]))
-        far = ((white**2).sum(0) > level) & torch.isfinite(log_likelihood)
+        far = _outside(u, loc, tril) & torch.isfinite(log_likelihood)
         if not bool(far.any()):
             return False
         peak = float(self._log_target(loc[None])[0])
-        return bool((log_likelihood[far] + self._log_prior(u[far]) >= peak - level / 2).any())
+        return bool((log_likelihood[far] + self._log_prior(u[far]) >= peak - _level(u.shape[-1]) / 2).any())
 
     def _climb(self, u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
         r"""Moves the points :math:`(M, D)` that lie outside the 99.9% ellipsoid of the Gaussian
@@ -457,13 +469,11 @@ class MCMCPosterior(Posterior):
         coordinates :math:`w = L^{-1} u` that the fit whitens, with a step of ``_CLIMB_RATE``
         decayed to zero by a cosine; the points move in one network call per step."""
 
-        scale = tril.double()
-        white = torch.linalg.solve_triangular(scale, u.double().T, upper=False).T
-        centre = torch.linalg.solve_triangular(scale, loc.double()[:, None], upper=False)[:, 0]
-        far = ((white - centre) ** 2).sum(-1) > float(scipy.stats.chi2.ppf(_COVERED, u.shape[-1]))
+        far = _outside(u, loc, tril)
         if not bool(far.any()):
             return u
-        w = white[far].float().requires_grad_(True)
+        scale = tril.double()
+        w = torch.linalg.solve_triangular(scale, u[far].double().T, upper=False).T.float().requires_grad_(True)
         best = u[far].clone()
         best_lp = self._log_target(best)
         optimizer = torch.optim.Adam([w], lr=_CLIMB_RATE)

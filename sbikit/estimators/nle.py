@@ -582,4 +582,5 @@ def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Te
     r"""The network's training rows: the standardized parameters :math:`r` and the flat
     :math:`x`, dequantized in its discrete columns."""
 
-    return likelihood.standardize(likelihood.unconstrained(theta).float()), _dequantized(likelihood.network, theta, x.reshape(len(x), -1))
+    r = likelihood.standardize(likelihood.unconstrained(theta).float())
+    return r, _dequantized(likelihood.network, theta, x.reshape(len(x), -1))
