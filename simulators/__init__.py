@@ -15,6 +15,7 @@ __all__ = [
     "poisson_glm",
     "sinusoid",
     "sir",
+    "slcp",
     "two_moons",
 ]
 
@@ -27,5 +28,6 @@ from . import (
     poisson_glm,
     sinusoid,
     sir,
+    slcp,
     two_moons,
 )

@@ -1,4 +1,4 @@
-r"""Exact-to-grid-resolution posterior samples for two-parameter problems.
+r"""Exact-to-grid-resolution posterior samples for problems of two or three parameters.
 
 The unnormalized log posterior is evaluated on a grid of cell centers; cells are
 drawn in proportion to their mass, and each sample is placed uniformly within
@@ -31,10 +31,11 @@ def grid_posterior(
     seed: int = 0,
     cells: int = 1000,
 ) -> torch.Tensor:
-    r"""Samples :math:`(n, 2)` from the density ``exp(log_density(theta))`` on the box ``[low, high]``.
+    r"""Samples :math:`(n, D)` from the density ``exp(log_density(theta))`` on the box ``[low, high]``.
 
-    ``log_density`` maps float64 points :math:`(M, 2)` to :math:`(M,)` and may return
-    :math:`-\infty` outside the support.
+    ``log_density`` maps float64 points :math:`(M, D)` to :math:`(M,)` and may return
+    :math:`-\infty` outside the support. ``cells`` is the number along each dimension:
+    :math:`\text{cells}^D` evaluations, twice.
     """
 
     low, high = low.double(), high.double()
@@ -49,5 +50,5 @@ def grid_posterior(
     weights = torch.exp(log_p - log_p.max())
     generator = torch.Generator().manual_seed(seed)
     index = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
-    jitter = (torch.rand(num_samples, 2, generator=generator, dtype=torch.float64) - 0.5) * width
+    jitter = (torch.rand(num_samples, len(low), generator=generator, dtype=torch.float64) - 0.5) * width
     return (points[index] + jitter).float()

@@ -3,7 +3,7 @@ import torch
 
 import pytest
 
-from sbikit.simulators import gaussian_linear, poisson_glm, sinusoid, two_moons
+from sbikit.simulators import gaussian_linear, poisson_glm, sinusoid, slcp, two_moons
 
 
 def test_two_moons_reference_matches_a_grid_posterior():
@@ -73,3 +73,47 @@ def test_count_and_sinusoid_simulators():
     theta = sinusoid.prior().sample((4000,))
     residual = sinusoid.simulator(theta) - theta[:, :1] * torch.sin(theta[:, 1:] * sinusoid.TIMES)
     assert abs(float(residual.std()) - 1.0) < 0.02
+
+
+def test_slcp_draws_are_gaussian_with_the_stated_mean_and_covariance():
+    theta = torch.tensor([0.5, -1.0, 1.2, -0.9, 0.6])
+    torch.manual_seed(0)
+    x = slcp.simulator(theta.expand(50_000, 5))
+    assert x.shape == (50_000, 8)
+    draws = x.reshape(-1, 2).double()  # 200,000 draws, 4 per simulation
+    s1, s2, rho = 1.2**2, 0.9**2, math.tanh(0.6)
+    cov = torch.tensor([[s1 * s1, rho * s1 * s2], [rho * s1 * s2, s2 * s2]], dtype=torch.float64)
+    assert torch.allclose(draws.mean(0), theta[:2].double(), atol=0.015)  # 4.5 standard errors
+    assert torch.allclose(draws.T.cov(), cov, rtol=0.03)
+    # the four draws of one simulation are independent of each other
+    pairs = x.reshape(-1, 4, 2)[:, :2, 0].double()
+    assert abs(float(torch.corrcoef(pairs.T)[0, 1])) < 0.02
+    assert slcp.simulator(theta, num_draws=1).shape == (2,)
+
+
+@pytest.mark.parametrize("theta", [[0.5, -0.5, 1.7, -1.9, -0.8], [-1.0, 1.5, -1.4, 1.6, 1.2]])
+def test_slcp_reference_matches_importance_sampling_and_has_four_equal_modes(theta):
+    # an independent estimate: 2,000,000 prior draws weighted by the exact likelihood. Scales
+    # near 2 give a broad posterior, where the weights' effective sample size is in the thousands
+    torch.manual_seed(1)
+    x_o = slcp.simulator(torch.tensor(theta))
+    draws = slcp.prior().sample((2_000_000,)).double()
+    w = torch.softmax(slcp.log_likelihood(draws, x_o), 0)[:, None]
+    ess = float(1 / (w**2).sum())
+    assert ess > 1_000
+    folded = torch.cat([draws[:, :2], draws[:, 2:4].abs(), draws[:, 4:]], -1)
+    mean = (w * folded).sum(0)
+    sd = (w * (folded - mean) ** 2).sum(0).sqrt()
+    samples = slcp.reference_posterior(x_o, 50_000, seed=1).double()
+    assert samples.shape == (50_000, 5) and bool(slcp.prior().support.check(samples.float()).all())
+    folded = torch.cat([samples[:, :2], samples[:, 2:4].abs(), samples[:, 4:]], -1)
+    # tolerance: 4 Monte Carlo errors of the weighted estimate, sd / sqrt(ESS)
+    assert torch.allclose(folded.mean(0), mean, atol=4 * float(sd.max()) / math.sqrt(ess)), (folded.mean(0), mean)
+    assert torch.allclose(folded.std(0), sd, rtol=0.05), (folded.std(0), sd)
+    # the signs of theta_3 and theta_4 are independent fair coins: a quarter of the mass per mode
+    quadrants = torch.stack([(samples[:, 2] > 0) & (samples[:, 3] > 0), (samples[:, 2] < 0) & (samples[:, 3] > 0),
+                             (samples[:, 2] > 0) & (samples[:, 3] < 0), (samples[:, 2] < 0) & (samples[:, 3] < 0)])
+    assert torch.allclose(quadrants.double().mean(1), torch.full((4,), 0.25, dtype=torch.float64), atol=0.01)
+    # the same x as four trials of shape (2,) gives the same posterior
+    assert torch.equal(slcp.reference_posterior(x_o.reshape(4, 2), 1_000, seed=2),
+                       slcp.reference_posterior(x_o, 1_000, seed=2))
