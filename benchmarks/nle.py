@@ -15,7 +15,15 @@ r"""Benchmark of sbikit's NLE: the emulator, the MCMC posterior over i.i.d. tria
    \mathcal{N}(a + C\theta, \Sigma)`, to the same simulations. Its error in the mean of
    :math:`x` does not shrink with the trials while the posterior does, so with 100 trials
    no estimator learned from :math:`N` simulations can be expected below it.
-3. **Speed.** The time for 1,000 posterior draws (from the observation to the draws:
+3. **A posterior with four modes.** On ``slcp`` (five parameters; four i.i.d. Gaussian draws
+   whose scales are squares, so the signs of two parameters leave the likelihood unchanged),
+   NLE trains on :math:`N` simulations of one draw :math:`(2,)`; for 5 observations (the
+   four draws at prior parameters, seeded) the MCMC posterior over the four trials, against
+   the exact reference posterior (``simulators/slcp.py``): the C2ST, the smallest share of
+   the draws among the four sign quadrants of :math:`(\theta_3, \theta_4)` (exactly 0.25
+   each), the largest R-hat and whether a convergence warning was raised; beside it, with
+   the ``bench`` extra, sbi's NLE on the same simulations with its default MCMC.
+4. **Speed.** The time for 1,000 posterior draws (from the observation to the draws:
    initialization, warm-up and sampling) on ``two_moons`` (one observation) and on
    ``gaussian_linear`` (10 trials), for sbikit and, with the ``bench`` extra, sbi's NLE
    (its default density estimator and training) with its default MCMC (vectorized slice
@@ -30,6 +38,7 @@ Run it from the repository root::
     python benchmarks/nle.py --markdown
     python benchmarks/nle.py --simulators gaussian_linear --posterior-simulations 1000000 --device cuda
     python benchmarks/nle.py --emulator-seeds 0 1 2 3 --methods sbikit   # the emulator table only, per seed
+    python benchmarks/nle.py --only-slcp     # the SLCP posterior table only
 
 Timings depend on the machine; torch's default number of threads is used. The speed table
 counts processor time (all threads of the process), so that other work on the machine does
@@ -38,6 +47,7 @@ not count; for a fair ratio run it with one thread (``OMP_NUM_THREADS=1``).
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import os
@@ -52,7 +62,7 @@ from pathlib import Path
 import sbikit
 
 from sbikit.diagnostics import c2st
-from sbikit.simulators import gaussian_linear, two_moons
+from sbikit.simulators import gaussian_linear, slcp, two_moons
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from npe import NullTracker, format_lines, quiet_nflows  # noqa: E402 - the shared table and sbi helpers
@@ -178,6 +188,58 @@ def posterior_rows(likelihood, data: sbikit.Simulations, num_draws: int, seed: i
     return rows
 
 
+def quadrants(samples: torch.Tensor) -> torch.Tensor:
+    r"""The shares of ``samples`` in the four sign quadrants of :math:`(\theta_3, \theta_4)`."""
+
+    signs = (samples[:, 2] > 0).long() * 2 + (samples[:, 3] > 0).long()
+    return torch.bincount(signs, minlength=4).double() / len(samples)
+
+
+def slcp_rows(num_simulations: int, count: int, num_draws: int, methods: list[str], seed: int,
+              device: str = "cpu") -> list[list[str]]:
+    r"""The SLCP posterior table: NLE on one-draw simulations, the posterior of 4 trials at each
+    of ``count`` observations against the exact reference, with sbi's NLE beside it if asked."""
+
+    prior = slcp.prior()
+    one_draw = functools.partial(slcp.simulator, num_draws=1)
+    data = sbikit.simulate(one_draw, prior, num_simulations=num_simulations, seed=seed, show_progress=False)
+    config = sbikit.TrainConfig(show_progress=False, seed=seed, device=device)
+    likelihood = sbikit.NLE(prior, training=config).fit(data)
+    sbi_posterior = None
+    if "sbi" in methods:
+        inference, _, _ = train_sbi(slcp, data, seed)
+        sbi_posterior = inference.build_posterior()
+    rows = []
+    for k, theta in enumerate(fixed_parameters(prior, count, seed)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + k)
+            trials = slcp.simulator(theta).reshape(slcp.NUM_DRAWS, 2)
+        reference = slcp.reference_posterior(trials, num_draws, seed=seed + k)
+        torch.manual_seed(seed + k)
+        start = time.perf_counter()
+        posterior = likelihood.posterior(trials, sbikit.MCMCConfig(show_progress=False))
+        samples, warned = quietly(posterior.sample, num_draws)
+        seconds = time.perf_counter() - start
+        score = c2st(reference, samples, seed=seed).accuracy
+        row = [str(k), ", ".join(f"{v:+.2f}" for v in theta.tolist()), f"{score:.3f}",
+               f"{float(quadrants(samples).min()):.3f}", f"{max(posterior.history['r_hat']):.3f}",
+               "yes" if warned else "no", f"{seconds:.1f}"]
+        line = f"slcp observation {k}: C2ST {score:.3f}, smallest quadrant {row[3]}"
+        if sbi_posterior is not None:
+            torch.manual_seed(seed + k)
+            start = time.perf_counter()
+            with quiet_nflows(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sbi_samples = sbi_posterior.sample((num_draws,), x=trials, show_progress_bars=False)
+            sbi_seconds = time.perf_counter() - start
+            sbi_score = c2st(reference, sbi_samples.float(), seed=seed).accuracy
+            row += [f"{sbi_score:.3f}", f"{float(quadrants(sbi_samples).min()):.3f}", f"{sbi_seconds:.1f}"]
+            line += f"; sbi {sbi_score:.3f}, {row[-2]}"
+        rows.append(row)
+        print(line, flush=True)
+    return rows
+
+
 def speed_cases(likelihoods: dict, seed: int) -> list[tuple[str, object, torch.Tensor, torch.Tensor]]:
     r"""(label, simulator name, observation, reference draws) for the timing."""
 
@@ -257,6 +319,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "statistical error in the mean of x, about sd(x) / sqrt(N / 11) in 10-D, must be "
                              "small against it; see the floor column)")
     parser.add_argument("--parameters", type=int, default=5, help="fixed parameters for the emulator (default 5)")
+    parser.add_argument("--slcp-observations", type=int, default=5, metavar="K",
+                        help="observations in the SLCP posterior table (default 5; 0 leaves the table out)")
+    parser.add_argument("--only-slcp", action="store_true", help="the SLCP posterior table alone")
     parser.add_argument("--draws", type=int, default=10_000, help="draws per C2ST (default 10,000)")
     parser.add_argument("--methods", nargs="+", choices=("sbikit", "sbi"), default=["sbikit", "sbi"])
     parser.add_argument("--seed", type=int, default=0)
@@ -271,6 +336,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.num_simulations, args.parameters, args.draws = 1_000, 1, 2_000
         args.posterior_simulations = [1_000]
+        args.slcp_observations = min(args.slcp_observations, 1)
     return args
 
 
@@ -314,6 +380,8 @@ def main(argv=None) -> None:
         emulator_seeds(args, methods)
         print(f"\ntotal {time.perf_counter() - started:.0f} s", flush=True)
         return
+    if args.only_slcp:
+        args.simulators = []
     likelihoods = {name: train(SIMULATORS[name], args.num_simulations, args.seed, args.device)
                    for name in args.simulators}
 
@@ -322,7 +390,7 @@ def main(argv=None) -> None:
     emulator = emulator_rows(likelihoods, sbi_models, args.parameters, args.draws, args.seed)
     header = ["simulator", "k", "theta_k", "C2ST", "train s"] + (["sbi C2ST", "sbi train s"] if sbi_models else [])
     tables = [("emulator: C2ST of likelihood.sample against the simulator at fixed parameters (sbi: its NLE on "
-               "the same simulations)", header, emulator, {0, 2})]
+               "the same simulations)", header, emulator, {0, 2})] if likelihoods else []
     if "gaussian_linear" in likelihoods:
         posterior = []
         for n in args.posterior_simulations:
@@ -333,9 +401,16 @@ def main(argv=None) -> None:
                        "the C2ST of a least-squares fit of the exact model class to the same simulations",
                        ["N", "trials", "C2ST", "floor", "sd", "sd theory", "sd / theory", "sampler", "R-hat max", "ESS min",
                         "seconds", "warned"], posterior, {7, 11}))
-    speed = speed_rows(likelihoods, sbi_models, args.seed)
-    tables.append((f"speed: {TIMED_DRAWS:,} posterior draws, from the observation (sbi: its default MCMC)",
-                   ["case", "method", "CPU s", "sbi / sbikit", "C2ST", "warned"], speed, {0, 1, 5}))
+    if args.slcp_observations:
+        rows = slcp_rows(args.num_simulations, args.slcp_observations, args.draws, methods, args.seed, args.device)
+        header = ["k", "theta_k", "C2ST", "smallest quadrant", "R-hat max", "warned", "seconds"]
+        header += ["sbi C2ST", "sbi smallest quadrant", "sbi seconds"] if "sbi" in methods else []
+        tables.append(("posterior on slcp (4 trials, four modes): MCMC draws against the exact reference; each "
+                       "sign quadrant of (theta_3, theta_4) holds 0.25", header, rows, {1, 5}))
+    if likelihoods:
+        speed = speed_rows(likelihoods, sbi_models, args.seed)
+        tables.append((f"speed: {TIMED_DRAWS:,} posterior draws, from the observation (sbi: its default MCMC)",
+                       ["case", "method", "CPU s", "sbi / sbikit", "C2ST", "warned"], speed, {0, 1, 5}))
     for title, header, rows, left in tables:
         print(f"\n{title}\n")
         print(format_lines([header] + rows, left=left, markdown=args.markdown))
