@@ -56,7 +56,7 @@ sequential Monte Carlo from the prior (the likelihood raised to a power that gro
 with random-walk moves at each step), seeded as k-means++ does, its seeds beyond the Gaussian
 moved uphill by gradient ascent before the first proposal. On a posterior with four narrow
 modes of equal mass (SLCP's sign symmetry, ``tests/test_mcmc.py``), the runs that missed a mode
-went from 10 of 10 seeds (one Gaussian) to 2 of 20 (the mixture from prior draws) and 0 of 20
+went from 10 of 10 seeds (before any search for modes) to 2 of 20 (the mixture from prior draws) and 0 of 20
 (from the particles). The particles cannot move between modes that separate early, so each
 keeps the share that resampling left it; the importance weights that follow correct the
 shares, but a mode with few particles may still get too little. Then R-hat often, but not
