@@ -78,10 +78,10 @@ def reference_posterior(x: torch.Tensor, num_samples: int, seed: int = 0) -> tor
     r"""Samples :math:`(n, 5)` from :math:`p(\theta | x)` for one observation: the draws
     :math:`(2n,)` or :math:`(n, 2)` (any number of them, 4 in the benchmark's definition)."""
 
+    if x.numel() < 2 or x.numel() % 2:
+        raise ValueError(f"x must hold draws of 2 values, (2n,) or (n, 2), got shape {tuple(x.shape)}.")
     draws = x.double().reshape(-1, 2)
     n = len(draws)
-    if n < 2:
-        raise ValueError(f"x must hold at least 2 draws for a proper posterior over the covariance, got {n}.")
     mean = draws.mean(0)
     scatter = (draws - mean).T @ (draws - mean)
     low = torch.tensor([0.0, 0.0, -BOUND], dtype=torch.float64)
