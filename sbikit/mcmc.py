@@ -60,7 +60,9 @@ went from 10 of 10 seeds (before any search for modes) to 2 of 20 (the mixture f
 (from the particles). The particles cannot move between modes that separate early, so each
 keeps the share that resampling left it; the importance weights that follow correct the
 shares, but a mode with few particles may still get too little. Then R-hat often, but not
-always, warns.
+always, warns. Where the Gaussian fits one narrow mode well and no prior draw comes near
+another, no mixture is fitted at all, and that mode is missed without a warning: two_moons
+with 10 or 100 trials, whose posterior is bimodal by symmetry, shows this.
 """
 
 __all__ = ["MCMCConfig", "Chains", "HMC", "SamplingError", "StudentMixture", "importance_fit", "mixture_fit"]
