@@ -545,18 +545,21 @@ class MCMCPosterior(Posterior):
         effective sample size (found by bisection; 1 if it already does, or if ``last``), and
         those weights :math:`(P,)`."""
 
-        def weights(power: float) -> Tensor:
-            return torch.softmax(torch.nan_to_num((power - beta) * log_l, nan=-math.inf), 0)
+        def log_weights(power: float) -> Tensor:
+            return torch.nan_to_num((power - beta) * log_l, nan=-math.inf)
 
-        share = lambda power: float(1.0 / (weights(power) ** 2).sum()) / len(log_l)  # noqa: E731
+        def share(power: float) -> float:
+            return _ess(log_weights(power)) / len(log_l)
+
         if last or share(1.0) >= _TEMPER_ESS:
-            return 1.0, weights(1.0)
-        low, high = beta, 1.0
-        for _ in range(50):
-            middle = (low + high) / 2
-            low, high = (middle, high) if share(middle) >= _TEMPER_ESS else (low, middle)
-        power = max(low, beta + 1e-12)
-        return power, weights(power)
+            power = 1.0
+        else:
+            low, high = beta, 1.0
+            for _ in range(50):
+                middle = (low + high) / 2
+                low, high = (middle, high) if share(middle) >= _TEMPER_ESS else (low, middle)
+            power = max(low, beta + 1e-12)
+        return power, torch.softmax(log_weights(power), 0)
 
     def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor], StudentMixture]:
         r"""The chains' starting points :math:`(C, D)`, a Gaussian approximation (mean,
