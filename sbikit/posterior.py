@@ -43,6 +43,7 @@ from .errors import SamplingError
 from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from .priors import clamp_to_support, in_support
+from .proposals import spread_points
 
 
 class SupportMappedDistribution(Distribution):
@@ -315,8 +316,12 @@ _CANDIDATE_ESS = 32  # prior draws are added while their weights' effective samp
 _CANDIDATE_ROWS = 2**17  # up to this many (draw, trial) pairs (or MCMCConfig.num_candidates draws)
 _CLIMB_STEPS = 40  # gradient steps that move the mixture's first means uphill
 _CLIMB_RATE = 0.5  # their first step, in units of the Gaussian fit's scale
+_SEARCH_STARTS = 64  # prior draws outside the Gaussian fit that climb, looking for modes it missed
+_SEARCH_STEPS = 40  # their gradient steps at most
+_SEARCH_RATE = 0.25  # their first step, in units of the prior draws' scale
 _COVERED = 0.999  # the share of the Gaussian fit's mass inside the ellipsoid that checks for other modes
-_PARTICLES = 4096  # tempered sequential Monte Carlo's particles (fewer with many trials: see _temper)
+_PARTICLES = 4096  # tempered sequential Monte Carlo's particles at most,
+_TEMPER_ROWS = 2**14  # fewer with many trials: (particle, trial) pairs up to this (or 256 particles)
 _TEMPER_ESS = 0.8  # each tempering step keeps this share of the particles' effective sample size
 _MOVES = 5  # random-walk Metropolis moves of every particle after each tempering step
 _MAX_TEMPERING = 200  # tempering steps at most; then the last step goes straight to the posterior
@@ -342,6 +347,10 @@ def _outside(u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
     return (white**2).sum(0) > _level(u.shape[-1])
 
 
+def _inside(u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
+    return ~_outside(u, loc, tril)
+
+
 class MCMCPosterior(Posterior):
     r"""The posterior of a surrogate likelihood and one set of i.i.d. trials, sampled by MCMC.
 
@@ -351,7 +360,8 @@ class MCMCPosterior(Posterior):
     :math:`\sum_i \log q(x_i | T(u)) + \log p(T(u)) + \log |\det J_T(u)|`, so they
     never leave the support. ``num_candidates`` prior draws (more where few carry the
     weight), weighted by their likelihood, start adaptive importance sampling: one Gaussian,
-    and where it fits poorly or a prior draw beyond it is as dense as its edge, a mixture
+    and where it fits poorly or a point beyond it (a prior draw, or one moved uphill from a
+    prior draw) is as dense as its edge, a mixture
     (:func:`sbikit.mcmc.mixture_fit`) fitted to the particles of tempered sequential Monte
     Carlo from the prior (:meth:`_temper`), whose first means beyond the Gaussian climb the
     density by gradient ascent (see :meth:`_start`). Where the better fit is usable, independence
@@ -455,47 +465,91 @@ class MCMCPosterior(Posterior):
             )
         return u, log_w
 
-    def _beyond(self, u: Tensor, log_likelihood: Tensor, loc: Tensor, tril: Tensor) -> bool:
-        r"""Whether a prior draw :math:`(K, D)` outside the 99.9% ellipsoid of the Gaussian
-        fit (mean ``loc``, Cholesky factor ``tril``) has a posterior density as high as the
-        fit's on that ellipsoid: a mode, or a ridge, that the fit does not cover."""
+    def _beyond(
+        self, u: Tensor, log_likelihood: Tensor, loc: Tensor, tril: Tensor, search: bool = True
+    ) -> tuple[bool, Tensor]:
+        r"""Whether the posterior has a mode, or a ridge, that the Gaussian fit (mean ``loc``,
+        Cholesky factor ``tril``) does not cover: a point outside its 99.9% ellipsoid with a
+        posterior density as high as the fit's on that ellipsoid; and the points :math:`(F, D)`
+        that the search below found there (none, :math:`(0, D)`, where a prior draw is one).
+
+        The points looked at are the prior draws :math:`(K, D)` (log-likelihoods :math:`(K,)`)
+        outside the ellipsoid and, where none of them is that dense and ``search``,
+        ``_SEARCH_STARTS`` of them (the densest half and a random half) moved by up to
+        ``_SEARCH_STEPS`` steps of gradient ascent on the log posterior density, on the prior
+        draws' scale (:meth:`_ascend`); a point stops once it enters the ellipsoid, as it has
+        reached the mode the fit covers. With many trials the modes are narrow: no prior draw
+        lands in a mode the fit missed, but the draws near it climb into it."""
 
         far = _outside(u, loc, tril) & torch.isfinite(log_likelihood)
         if not bool(far.any()):
-            return False
-        peak = float(self._log_target(loc[None])[0])
-        return bool((log_likelihood[far] + self._log_prior(u[far]) >= peak - _level(u.shape[-1]) / 2).any())
+            return False, u[:0]
+        threshold = float(self._log_target(loc[None])[0]) - _level(u.shape[-1]) / 2
+        log_target = log_likelihood[far] + self._log_prior(u[far])
+        if bool((log_target >= threshold).any()) or not search:
+            return bool((log_target >= threshold).any()), u[:0]
+        index = far.nonzero().flatten()
+        half = _SEARCH_STARTS // 2
+        chosen = torch.cat([index[log_target.topk(min(half, len(index))).indices],
+                            index[torch.randperm(len(index))[:half]]]).unique()
+        finite = torch.isfinite(u).all(-1) & torch.isfinite(log_likelihood)
+        covariance = torch.cov(u[finite].double().T).reshape(u.shape[-1], u.shape[-1])
+        scale = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(u.shape[-1], dtype=torch.float64))
+        inside = functools.partial(_inside, loc=loc, tril=tril)
+        climbed, log_target = self._ascend(u[chosen], scale, _SEARCH_RATE, _SEARCH_STEPS, settled=inside)
+        # then on the fit's own scale, on which a mode of about its width is reached, not only neared
+        outside = ~inside(climbed)
+        climbed, log_target = climbed[outside], log_target[outside]
+        if len(climbed):
+            climbed, log_target = self._ascend(climbed, tril, _CLIMB_RATE, _CLIMB_STEPS, settled=inside)
+        found = climbed[~inside(climbed) & (log_target >= threshold)]
+        return len(found) > 0, found
+
+    def _ascend(self, u: Tensor, scale: Tensor, rate: float, steps: int, settled=None) -> tuple[Tensor, Tensor]:
+        r"""Moves the points :math:`(M, D)` uphill on the log posterior density by ``steps``
+        steps of Adam in the coordinates :math:`w = L^{-1} u` (``scale`` is :math:`L`), with a
+        first step of ``rate`` decayed to zero by a cosine, all moving points in one network
+        call per step. A point stops where ``settled`` (points :math:`(M, D)` to :math:`(M,)`
+        booleans) says so, and the ascent ends when all have. Returns each point where its
+        density was highest :math:`(M, D)`, and that log density :math:`(M,)`."""
+
+        scale = scale.double()
+        w = torch.linalg.solve_triangular(scale, u.double().T, upper=False).T.float().requires_grad_(True)
+        best = u.clone()
+        best_lp = self._log_target(best)
+        moving = torch.ones(len(u), dtype=torch.bool) if settled is None else ~settled(best)
+        optimizer = torch.optim.Adam([w], lr=rate)
+        for step in range(steps):
+            if not bool(moving.any()):
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = rate * 0.5 * (1 + math.cos(math.pi * step / steps))
+            with torch.enable_grad():
+                point = w[moving] @ scale.float().T
+                lp = self._log_density(point)
+                finite = torch.isfinite(lp)
+                (grad,) = torch.autograd.grad(-lp[finite].sum(), w) if bool(finite.any()) else (torch.zeros_like(w),)
+            index = moving.nonzero().flatten()
+            better = finite & (lp.detach() > best_lp[index])
+            best[index[better]], best_lp[index[better]] = point.detach()[better], lp.detach()[better]
+            w.grad = torch.where(torch.isfinite(grad), grad, 0.0)
+            optimizer.step()
+            if settled is not None:
+                moving[index[settled(point.detach())]] = False
+        return best, best_lp
 
     def _climb(self, u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
         r"""Moves the points :math:`(M, D)` that lie outside the 99.9% ellipsoid of the Gaussian
         fit (mean ``loc``, Cholesky factor ``tril``, :math:`L`) uphill on the log posterior
-        density, and returns them all, each where its density was highest. Inside it, the fit's
-        own draws are dense enough for EM. The climb is ``_CLIMB_STEPS`` steps of Adam, in the
-        coordinates :math:`w = L^{-1} u` that the fit whitens, with a step of ``_CLIMB_RATE``
-        decayed to zero by a cosine; the points move in one network call per step."""
+        density (:meth:`_ascend`, ``_CLIMB_STEPS`` steps of ``_CLIMB_RATE`` in the coordinates
+        that the fit whitens), and returns them all, each where its density was highest. Inside
+        it, the fit's own draws are dense enough for EM."""
 
         far = _outside(u, loc, tril)
         if not bool(far.any()):
             return u
-        scale = tril.double()
-        w = torch.linalg.solve_triangular(scale, u[far].double().T, upper=False).T.float().requires_grad_(True)
-        best = u[far].clone()
-        best_lp = self._log_target(best)
-        optimizer = torch.optim.Adam([w], lr=_CLIMB_RATE)
-        for step in range(_CLIMB_STEPS):
-            for group in optimizer.param_groups:
-                group["lr"] = _CLIMB_RATE * 0.5 * (1 + math.cos(math.pi * step / _CLIMB_STEPS))
-            with torch.enable_grad():
-                point = w @ scale.float().T
-                lp = self._log_density(point)
-                finite = torch.isfinite(lp)
-                (grad,) = torch.autograd.grad(-lp[finite].sum(), w) if bool(finite.any()) else (torch.zeros_like(w),)
-            better = finite & (lp.detach() > best_lp)
-            best[better], best_lp[better] = point.detach()[better], lp.detach()[better]
-            w.grad = torch.where(torch.isfinite(grad), grad, 0.0)
-            optimizer.step()
         climbed = u.clone()
-        climbed[far] = best
+        climbed[far] = self._ascend(u[far], tril, _CLIMB_RATE, _CLIMB_STEPS)[0]
         return climbed
 
     def _temper(self) -> Tensor:
@@ -514,9 +568,9 @@ class MCMCPosterior(Posterior):
         separate modes of equal mass (``tests/test_mcmc.py``), the mixture seeded from the
         particles missed none in 20 sampler seeds, where one seeded from prior draws missed a
         mode in 2, without a warning. There are :math:`P = 4096` particles, fewer when
-        :math:`P \times N` would exceed ``_ROWS`` (:math:`N` trials), at least 256."""
+        :math:`P \times N` would exceed ``_TEMPER_ROWS`` = 16,384 (:math:`N` trials), at least 256."""
 
-        count = max(256, min(_PARTICLES, _ROWS // len(self.trials)))
+        count = max(256, min(_PARTICLES, _TEMPER_ROWS // len(self.trials)))
         u, log_l = self._candidates(count)
         u, log_l, log_p = u.double(), log_l.double(), self._log_prior(u).double()
         beta, scale = 0.0, 2.38 / math.sqrt(u.shape[-1])
@@ -572,12 +626,13 @@ class MCMCPosterior(Posterior):
         ``_CANDIDATE_ESS``), more are drawn, doubling, up to ``_CANDIDATE_ROWS`` (draw,
         trial) pairs: a mode that no prior draw lands near is never found. A mixture is
         fitted where the Gaussian's effective sample size share is below ``_GOOD_FIT``,
-        and also where a prior draw outside its 99.9% ellipsoid is as dense as the fit on it
-        (:meth:`_beyond`): a Gaussian fitted to one of several separated modes has a high
-        effective sample size, since its own draws never reach the others. The mixture is
-        fitted to posterior draws from tempered SMC (:meth:`_temper`), which reach modes that
-        no prior draw lands near, and it is kept if it is usable, whatever its share: it
-        contains the Gaussian as a component, so it covers all the Gaussian covers."""
+        and also where a point outside its 99.9% ellipsoid is as dense as the fit on it
+        (:meth:`_beyond`: a prior draw, or one moved uphill from a prior draw): a Gaussian
+        fitted to one of several separated modes has a high effective sample size, since its
+        own draws never reach the others. The mixture is fitted to posterior draws from
+        tempered SMC (:meth:`_temper`), which reach modes that no prior draw lands near, and to
+        the points that the search uphill found, and it is kept if it is usable, whatever its
+        share: it contains the Gaussian as a component, so it covers all the Gaussian covers."""
 
         count = self.mcmc.num_candidates
         u, log_w = self._candidates(count)
@@ -589,9 +644,13 @@ class MCMCPosterior(Posterior):
         prior_draws = u, log_w
         loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w, num_draws=count)
         proposal = StudentMixture.single(loc, tril)
-        uncovered = self._beyond(*prior_draws, loc, tril)
+        uncovered, found = self._beyond(*prior_draws, loc, tril, search=self._fit_ess >= _GOOD_FIT)
         if (self._fit_ess < _GOOD_FIT or uncovered) and self.mcmc.mixture_components > 1:
-            particles = self._temper()  # posterior draws, of equal weight
+            # posterior draws, of equal weight, and a few distinct points found beyond the Gaussian, so
+            # that a light mode whose particles resampling lost still seeds a component
+            if len(found) > self.mcmc.mixture_components:
+                found = spread_points(found, tril, self.mcmc.mixture_components)
+            particles = torch.cat([self._temper(), found])
             mixture, v, log_v, ess = mixture_fit(self._log_target, particles, torch.zeros(len(particles)),
                                                  defensive=(loc, tril),
                                                  components=self.mcmc.mixture_components, num_draws=len(u),

@@ -14,7 +14,7 @@ independence Metropolis-Hastings sampler with proposals from :math:`g` mixes
 (:meth:`sbikit.mcmc.HMC.sample_independent`).
 """
 
-__all__ = ["COMPONENTS", "StudentMixture", "importance_fit", "mixture_fit"]
+__all__ = ["COMPONENTS", "StudentMixture", "importance_fit", "mixture_fit", "spread_points"]
 
 import math
 import torch
@@ -183,6 +183,16 @@ def _seeds(z: Tensor, w: Tensor, whiten: Tensor, count: int) -> Tensor:
         picked.append(int(torch.multinomial(score, 1)))
         nearest = torch.minimum(nearest, ((white - white[picked[-1]]) ** 2).sum(-1))
     return z[picked]
+
+
+def spread_points(z: Tensor, tril: Tensor, count: int) -> Tensor:
+    r"""``count`` of the points :math:`(B, D)`, spread out as k-means++ picks its first centres
+    (:func:`_seeds`, all weights equal), in the coordinates that the Cholesky factor ``tril``
+    :math:`(D, D)` whitens: one point of each cluster before a second of any, where there are
+    ``count`` clusters or fewer."""
+
+    weights = torch.full((len(z),), 1.0 / len(z), dtype=torch.float64)
+    return _seeds(z.double(), weights, torch.linalg.inv(tril.double()), count).to(z.dtype)
 
 
 def mixture_fit(

@@ -266,6 +266,33 @@ def test_separate_narrow_modes_are_all_found_with_their_shares(seed):
     assert abs(float(samples[:, 0].abs().mean()) - exact) < 0.02, (samples[:, 0].abs().mean(), exact)
 
 
+@pytest.mark.parametrize("num_trials, seed", [(100, 0), (100, 1), (1000, 2)])
+def test_narrow_modes_of_many_trials_are_found_with_their_unequal_shares(num_trials, seed):
+    # x_i ~ N((theta_1^2, theta_2^2), 0.3^2): four modes at (+-2, +-1.5), each about 0.01 wide with
+    # 100 trials (0.003 with 1,000). No prior draw lands in one, so the Gaussian fits the best draw's mode
+    # well, and before the search by gradient ascent from prior draws every seed tried gave that mode
+    # alone, with no warning. The prior is off centre, so the exact shares are unequal (3% to 63%).
+    prior = Independent(Normal(torch.tensor([0.5, -0.3]), torch.ones(2)), 1)
+    trials = torch.tensor([4.0, 2.25]) + 0.3 * torch.randn(num_trials, 2, generator=torch.Generator().manual_seed(0))
+    # exact: the posterior factorizes over theta_1 and theta_2; each sign's mass on a fine 1-D grid, with
+    # sum_i (x_i - t^2)^2 = N t^4 - 2 t^2 sum_i x_i + const
+    positive = []
+    t = torch.linspace(-4, 4, 800_001, dtype=torch.float64)
+    for k in range(2):
+        log_p = Normal(prior.base_dist.loc[k].double(), 1.0).log_prob(t) - (
+            num_trials * t**4 - 2 * t**2 * trials[:, k].double().sum()) / (2 * 0.3**2)
+        positive.append(float(torch.softmax(log_p, 0)[t > 0].sum()))
+    exact = torch.tensor([a * b for a in (positive[0], 1 - positive[0]) for b in (positive[1], 1 - positive[1])])
+    torch.manual_seed(seed)
+    posterior = sbikit.MCMCPosterior(SquaredLikelihood(prior, 0.3), trials, MCMCConfig(show_progress=False))
+    samples = posterior.sample(4000)
+    shares = torch.stack([((samples[:, 0] > 0) == a) & ((samples[:, 1] > 0) == b)
+                          for a in (True, False) for b in (True, False)]).float().mean(-1)
+    assert float(exact.min()) > 0.03 and float(exact.max()) > 0.6, exact
+    # more than 1,000 effective draws: a share's standard error is at most 0.016
+    assert torch.allclose(shares, exact.float(), atol=0.05), (shares, exact)
+
+
 @pytest.mark.parametrize("case", ["unequal", "narrow"])
 def test_tempering_particles_follow_the_posterior_and_its_mode_shares(case):
     # tempered SMC from the prior: its particles reach every mode; where moves cross between the modes,
