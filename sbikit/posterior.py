@@ -644,8 +644,9 @@ class MCMCPosterior(Posterior):
         prior_draws = u, log_w
         loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w, num_draws=count)
         proposal = StudentMixture.single(loc, tril)
-        uncovered, found = self._beyond(*prior_draws, loc, tril, search=self._fit_ess >= _GOOD_FIT)
-        if (self._fit_ess < _GOOD_FIT or uncovered) and self.mcmc.mixture_components > 1:
+        may_mix = self.mcmc.mixture_components > 1
+        uncovered, found = self._beyond(*prior_draws, loc, tril, search=may_mix and self._fit_ess >= _GOOD_FIT)
+        if (self._fit_ess < _GOOD_FIT or uncovered) and may_mix:
             # posterior draws, of equal weight, and a few distinct points found beyond the Gaussian, so
             # that a light mode whose particles resampling lost still seeds a component
             if len(found) > self.mcmc.mixture_components:
