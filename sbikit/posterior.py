@@ -319,6 +319,11 @@ _CLIMB_RATE = 0.5  # their first step, in units of the Gaussian fit's scale
 _SEARCH_STARTS = 64  # prior draws outside the Gaussian fit that climb, looking for modes it missed
 _SEARCH_STEPS = 40  # their gradient steps at most
 _SEARCH_RATE = 0.25  # their first step, in units of the prior draws' scale
+_SEARCH_TRIALS = 128  # the trials, at most, of the density that they climb first
+_LAPLACE_STARTS = 8  # the densest prior draws that climb to the mode of the Laplace approximation
+_LAPLACE_WIDEN = 1.5  # its scale, widened by this factor for the first importance draws
+_LAPLACE_ROWS = 2**17  # where few prior draws carry the weight and a round of importance sampling
+# evaluates more (draw, trial) pairs than this, it starts from the Laplace approximation
 _COVERED = 0.999  # the share of the Gaussian fit's mass inside the ellipsoid that checks for other modes
 _PARTICLES = 4096  # tempered sequential Monte Carlo's particles at most,
 _TEMPER_ROWS = 2**14  # fewer with many trials: (particle, trial) pairs up to this (or 256 particles)
@@ -345,6 +350,13 @@ def _outside(u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
 
     white = torch.linalg.solve_triangular(tril.double(), (u.double() - loc.double()).T, upper=False)
     return (white**2).sum(0) > _level(u.shape[-1])
+
+
+def _spread(u: Tensor) -> Tensor:
+    r"""The Cholesky factor :math:`(D, D)` (float64) of the covariance of points :math:`(K, D)`."""
+
+    covariance = torch.cov(u.double().T).reshape(u.shape[-1], u.shape[-1])
+    return torch.linalg.cholesky(covariance + 1e-9 * torch.eye(u.shape[-1], dtype=torch.float64))
 
 
 def _inside(u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
@@ -418,8 +430,14 @@ class MCMCPosterior(Posterior):
         jacobian = self.transform.log_abs_det_jacobian(u, theta)
         return self.prior.log_prob(clamp_to_support(theta.float(), self.prior)) + jacobian.float()
 
-    def _log_density(self, u: Tensor) -> Tensor:
-        return self.likelihood.trial_log_likelihood(u, self.trials).sum(-1) + self._log_prior(u)
+    def _log_density(self, u: Tensor, trials: Tensor | None = None) -> Tensor:
+        r"""The log posterior density :math:`(C,)` of points :math:`(C, D)`; with ``trials``, a
+        subset of the :math:`N` trials, of the :math:`m` of them counted :math:`N / m` times each."""
+
+        if trials is None:
+            return self.likelihood.trial_log_likelihood(u, self.trials).sum(-1) + self._log_prior(u)
+        weight = len(self.trials) / len(trials)
+        return self.likelihood.trial_log_likelihood(u, trials).sum(-1) * weight + self._log_prior(u)
 
     def _log_likelihood(self, u: Tensor) -> Tensor:
         r""":math:`\sum_i \log q(x_i | T(u))`, :math:`(B,)`, without gradients, in chunks."""
@@ -493,11 +511,13 @@ class MCMCPosterior(Posterior):
         chosen = torch.cat([index[log_target.topk(min(half, len(index))).indices],
                             index[torch.randperm(len(index))[:half]]]).unique()
         finite = torch.isfinite(u).all(-1) & torch.isfinite(log_likelihood)
-        covariance = torch.cov(u[finite].double().T).reshape(u.shape[-1], u.shape[-1])
-        scale = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(u.shape[-1], dtype=torch.float64))
+        scale = _spread(u[finite])
         inside = functools.partial(_inside, loc=loc, tril=tril)
-        climbed, log_target = self._ascend(u[chosen], scale, _SEARCH_RATE, _SEARCH_STEPS, settled=inside)
-        # then on the fit's own scale, on which a mode of about its width is reached, not only neared
+        # first on the prior draws' scale, with at most _SEARCH_TRIALS trials (their modes lie near the
+        # posterior's), then on the fit's own scale with all, on which a mode about as wide is reached
+        subset = self.trials[torch.randperm(len(self.trials))[:_SEARCH_TRIALS]]
+        climbed, log_target = self._ascend(u[chosen], scale, _SEARCH_RATE, _SEARCH_STEPS, settled=inside,
+                                           trials=subset if len(subset) < len(self.trials) else None)
         outside = ~inside(climbed)
         climbed, log_target = climbed[outside], log_target[outside]
         if len(climbed):
@@ -505,18 +525,22 @@ class MCMCPosterior(Posterior):
         found = climbed[~inside(climbed) & (log_target >= threshold)]
         return len(found) > 0, found
 
-    def _ascend(self, u: Tensor, scale: Tensor, rate: float, steps: int, settled=None) -> tuple[Tensor, Tensor]:
+    def _ascend(
+        self, u: Tensor, scale: Tensor, rate: float, steps: int, settled=None, trials: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         r"""Moves the points :math:`(M, D)` uphill on the log posterior density by ``steps``
         steps of Adam in the coordinates :math:`w = L^{-1} u` (``scale`` is :math:`L`), with a
         first step of ``rate`` decayed to zero by a cosine, all moving points in one network
         call per step. A point stops where ``settled`` (points :math:`(M, D)` to :math:`(M,)`
-        booleans) says so, and the ascent ends when all have. Returns each point where its
+        booleans) says so, and the ascent ends when all have. With ``trials``, the density is
+        that of a subset of the trials (see :meth:`_log_density`). Returns each point where its
         density was highest :math:`(M, D)`, and that log density :math:`(M,)`."""
 
         scale = scale.double()
         w = torch.linalg.solve_triangular(scale, u.double().T, upper=False).T.float().requires_grad_(True)
         best = u.clone()
-        best_lp = self._log_target(best)
+        with torch.no_grad():
+            best_lp = self._log_target(best) if trials is None else self._log_density(best, trials)
         moving = torch.ones(len(u), dtype=torch.bool) if settled is None else ~settled(best)
         optimizer = torch.optim.Adam([w], lr=rate)
         for step in range(steps):
@@ -526,7 +550,7 @@ class MCMCPosterior(Posterior):
                 group["lr"] = rate * 0.5 * (1 + math.cos(math.pi * step / steps))
             with torch.enable_grad():
                 point = w[moving] @ scale.float().T
-                lp = self._log_density(point)
+                lp = self._log_density(point, trials)
                 finite = torch.isfinite(lp)
                 (grad,) = torch.autograd.grad(-lp[finite].sum(), w) if bool(finite.any()) else (torch.zeros_like(w),)
             index = moving.nonzero().flatten()
@@ -537,6 +561,36 @@ class MCMCPosterior(Posterior):
             if settled is not None:
                 moving[index[settled(point.detach())]] = False
         return best, best_lp
+
+    def _laplace(self, u: Tensor, log_likelihood: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        r"""Draws :math:`(M, D)` (a quarter of ``count``, at least 256) from the Laplace
+        approximation of the posterior at the highest point that the ``_LAPLACE_STARTS``
+        densest prior draws :math:`(K, D)` (log-likelihoods :math:`(K,)`) climb to
+        (:meth:`_ascend`, on the prior draws' scale), its covariance the inverse Hessian of the
+        negative log density there, widened by ``_LAPLACE_WIDEN``; with their log weights
+        :math:`(M,)`, target over proposal. Where the Hessian there is not negative definite,
+        the prior draws and their log-likelihoods as they are.
+
+        With many trials the posterior is far narrower than the prior, and adaptive importance
+        sampling from prior draws, which shrinks its Gaussian at most fourfold in variance per
+        round, takes all its rounds to get there; from the Laplace approximation it takes one
+        or two."""
+
+        finite = torch.isfinite(u).all(-1) & torch.isfinite(log_likelihood)
+        log_target = torch.where(finite, log_likelihood + self._log_prior(u), -math.inf)
+        starts = u[log_target.topk(min(_LAPLACE_STARTS, int(finite.sum()))).indices]
+        climbed, log_density = self._ascend(starts, _spread(u[finite]), _SEARCH_RATE, _SEARCH_STEPS)
+        mode = climbed[log_density.argmax()].double()
+        with torch.enable_grad():
+            hessian = torch.autograd.functional.hessian(lambda v: self._log_density(v[None].float())[0].double(), mode)
+        precision = -(hessian + hessian.T) / 2
+        info = torch.linalg.cholesky_ex(precision).info
+        if not bool(torch.isfinite(precision).all()) or int(info) != 0:
+            return u, log_likelihood
+        proposal = torch.distributions.MultivariateNormal(mode, precision_matrix=precision / _LAPLACE_WIDEN**2)
+        draws = proposal.sample((max(min(count, 256), count // 4),))  # a start: importance sampling goes on
+        log_w = self._log_target(draws.float()).double() - proposal.log_prob(draws)
+        return draws.float(), torch.where(torch.isfinite(log_w), log_w, -math.inf).float()
 
     def _climb(self, u: Tensor, loc: Tensor, tril: Tensor) -> Tensor:
         r"""Moves the points :math:`(M, D)` that lie outside the 99.9% ellipsoid of the Gaussian
@@ -624,7 +678,10 @@ class MCMCPosterior(Posterior):
 
         Where few prior draws carry the weight (an effective sample size below
         ``_CANDIDATE_ESS``), more are drawn, doubling, up to ``_CANDIDATE_ROWS`` (draw,
-        trial) pairs: a mode that no prior draw lands near is never found. A mixture is
+        trial) pairs: a mode that no prior draw lands near is never found. Where few still
+        do and a round of importance sampling is costly (many trials), it starts instead from
+        the Laplace approximation at the mode that the densest prior draws climb to
+        (:meth:`_laplace`); the search for other modes still starts from the prior draws. A mixture is
         fitted where the Gaussian's effective sample size share is below ``_GOOD_FIT``,
         and also where a point outside its 99.9% ellipsoid is as dense as the fit on it
         (:meth:`_beyond`: a prior draw, or one moved uphill from a prior draw): a Gaussian
@@ -642,6 +699,8 @@ class MCMCPosterior(Posterior):
             u, log_w = torch.cat([u, more_u]), torch.cat([log_w, more_log_w])
 
         prior_draws = u, log_w
+        if _ess(log_w) < _CANDIDATE_ESS and count * len(self.trials) > _LAPLACE_ROWS:
+            u, log_w = self._laplace(u, log_w, count)
         loc, tril, u, log_w, self._fit_ess = importance_fit(self._log_target, u, log_w, num_draws=count)
         proposal = StudentMixture.single(loc, tril)
         may_mix = self.mcmc.mixture_components > 1

@@ -74,6 +74,28 @@ class AnalyticLikelihood:
         return lp
 
 
+def test_many_trials_start_from_the_laplace_approximation_and_give_the_exact_posterior(monkeypatch):
+    # 2,000 trials: the posterior's sd is about 1% of the prior's, and a round of importance sampling
+    # evaluates 4 million (draw, trial) pairs; the start climbs to the mode instead of taking every round
+    torch.manual_seed(0)
+    prior = Independent(Normal(torch.tensor([0.3, -0.2, 0.0]), torch.ones(3)), 1)
+    theta, noise, n = torch.tensor([0.8, -1.1, 0.4]), 0.5, 2000
+    trials = theta + noise * torch.randn(n, 3)
+    calls = []
+    laplace = sbikit.MCMCPosterior._laplace
+    monkeypatch.setattr(sbikit.MCMCPosterior, "_laplace", lambda self, *a: calls.append(1) or laplace(self, *a))
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, noise), trials, MCMCConfig(show_progress=False))
+    samples = posterior.sample(4000)
+    assert calls == [1] and posterior.history["sampler"] == "independence"
+    precision = 1.0 + n / noise**2
+    mean = (prior.base_dist.loc + trials.sum(0) / noise**2) / precision
+    sd = precision**-0.5
+    # more than 1,000 effective draws: the mean's standard error is about 0.03 sd
+    assert bool(((samples.mean(0) - mean).abs() < 0.1 * sd).all()), ((samples.mean(0) - mean) / sd)
+    assert bool(((samples.std(0) / sd - 1).abs() < 0.1).all()), samples.std(0) / sd
+    assert min(posterior.history["ess_bulk"]) > 1000
+
+
 @pytest.mark.parametrize("independence", [True, False])
 def test_bounded_prior_samples_stay_inside_and_follow_the_truncated_posterior(independence):
     torch.manual_seed(0)
