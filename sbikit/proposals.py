@@ -188,8 +188,9 @@ def _seeds(z: Tensor, w: Tensor, whiten: Tensor, count: int) -> Tensor:
 def spread_points(z: Tensor, tril: Tensor, count: int) -> Tensor:
     r"""``count`` of the points :math:`(B, D)`, spread out as k-means++ picks its first centres
     (:func:`_seeds`, all weights equal), in the coordinates that the Cholesky factor ``tril``
-    :math:`(D, D)` whitens: one point of each cluster before a second of any, where there are
-    ``count`` clusters or fewer."""
+    :math:`(D, D)` whitens: each next point is picked with probability proportional to its squared
+    distance from the nearest picked, so well-separated clusters each get one, most likely, before
+    any gets a second."""
 
     weights = torch.full((len(z),), 1.0 / len(z), dtype=torch.float64)
     return _seeds(z.double(), weights, torch.linalg.inv(tril.double()), count).to(z.dtype)
