@@ -493,11 +493,13 @@ class MCMCPosterior(Posterior):
 
         The points looked at are the prior draws :math:`(K, D)` (log-likelihoods :math:`(K,)`)
         outside the ellipsoid and, where none of them is that dense and ``search``,
-        ``_SEARCH_STARTS`` of them (the densest half and a random half) moved by up to
-        ``_SEARCH_STEPS`` steps of gradient ascent on the log posterior density, on the prior
-        draws' scale (:meth:`_ascend`); a point stops once it enters the ellipsoid, as it has
-        reached the mode the fit covers. With many trials the modes are narrow: no prior draw
-        lands in a mode the fit missed, but the draws near it climb into it."""
+        ``_SEARCH_STARTS`` of them (the densest half and a random half) moved uphill on the log
+        posterior density by gradient ascent (:meth:`_ascend`): ``_SEARCH_STEPS`` steps at most
+        on the prior draws' scale, of the density of at most ``_SEARCH_TRIALS`` of the trials,
+        then ``_CLIMB_STEPS`` on the fit's scale, of the density of all. A point stops once it
+        enters the ellipsoid, as it has reached the mode the fit covers. With many trials the
+        modes are narrow: no prior draw lands in a mode the fit missed, but the draws near it
+        climb into it."""
 
         far = _outside(u, loc, tril) & torch.isfinite(log_likelihood)
         if not bool(far.any()):
