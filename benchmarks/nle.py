@@ -144,6 +144,15 @@ def quietly(function, *args):
     return result, sum(issubclass(w.category, RuntimeWarning) for w in caught)
 
 
+def sbi_draws(build_posterior, num_draws: int, x: torch.Tensor) -> torch.Tensor:
+    r"""``num_draws`` from the sbi posterior that ``build_posterior()`` returns, at ``x``, with its
+    progress bars, nflows' messages and warnings silenced (building it is silenced too)."""
+
+    with quiet_nflows(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_posterior().sample((num_draws,), x=x, show_progress_bars=False)
+
+
 def linear_gaussian_fit(data: sbikit.Simulations, trials: torch.Tensor) -> torch.distributions.Distribution:
     r"""The posterior of ``trials`` under the model class that is exactly right for gaussian_linear,
     :math:`x \sim \mathcal{N}(a + C\theta, \Sigma)`, fitted to ``data`` by least squares: what an
@@ -228,9 +237,7 @@ def slcp_rows(num_simulations: int, count: int, num_draws: int, methods: list[st
         if sbi_posterior is not None:
             torch.manual_seed(seed + k)
             start = time.perf_counter()
-            with quiet_nflows(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sbi_samples = sbi_posterior.sample((num_draws,), x=trials, show_progress_bars=False)
+            sbi_samples = sbi_draws(lambda: sbi_posterior, num_draws, trials)
             sbi_seconds = time.perf_counter() - start
             sbi_score = c2st(reference, sbi_samples.float(), seed=seed).accuracy
             row += [f"{sbi_score:.3f}", f"{float(quadrants(sbi_samples).min()):.3f}", f"{sbi_seconds:.1f}"]
@@ -289,10 +296,7 @@ def speed_rows(likelihoods: dict, sbi_models: dict, seed: int, repeats: int = 3)
             if "sbi" in methods:
                 torch.manual_seed(seed + r)
                 start = time.process_time()
-                with quiet_nflows(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    sbi_posterior = sbi_models[name][0].build_posterior()
-                    sbi_samples = sbi_posterior.sample((TIMED_DRAWS,), x=x_o, show_progress_bars=False)
+                sbi_samples = sbi_draws(sbi_models[name][0].build_posterior, TIMED_DRAWS, x_o)
                 seconds = time.process_time() - start
                 runs["sbi"].append((seconds, c2st(reference[:TIMED_DRAWS], sbi_samples, seed=seed).accuracy, 0))
         timings = {method: (min(t for t, _, _ in result), sum(c for _, c, _ in result) / len(result),

@@ -56,17 +56,18 @@ sequential Monte Carlo from the prior (the likelihood raised to a power that gro
 with random-walk moves at each step), seeded as k-means++ does, its seeds beyond the Gaussian
 moved uphill by gradient ascent before the first proposal. On a posterior with four narrow
 modes of equal mass (SLCP's sign symmetry, ``tests/test_mcmc.py``), the runs that missed a mode
-went from 10 of 10 seeds (before any search for modes) to 2 of 20 (the mixture from prior draws) and 0 of 20
-(from the particles). The particles cannot move between modes that separate early, so each
-keeps the share that resampling left it; the importance weights that follow correct the
-shares, but a mode with few particles may still get too little. Then R-hat often, but not
-always, warns.
+went from 10 of 10 seeds (before any search for modes) to 2 of 20 (the mixture from prior
+draws) and 0 of 20 (from the particles). The particles cannot move between modes that separate
+early, so each keeps the share that resampling left it; the importance weights that follow
+correct the shares, but a mode with few particles may still get too little. Then R-hat often,
+but not always, warns.
 
 With many trials the modes are so narrow that no prior draw beyond the Gaussian is as dense as
 its edge, even where another mode exists. Then 64 prior draws beyond it (the densest half and a
 random half) climb the log density by gradient ascent, first on the prior draws' scale (on at
-most 128 of the trials), then on the Gaussian's (on all), each stopping once it enters the Gaussian's ellipsoid; one that ends beyond it
-as dense as its edge is another mode, and also seeds the mixture. On four narrow modes of 100
+most 128 of the trials), then on the Gaussian's (on all), each stopping once it enters the
+Gaussian's ellipsoid; one that ends beyond it as dense as its edge is another mode, and also
+seeds the mixture. On four narrow modes of 100
 and 1,000 trials with shares from 3% to 63% (``tests/test_mcmc.py``), every seed tried before
 this search gave the Gaussian's mode alone, with no warning, and after it all four, with their
 shares. A mode whose basin none of the 64 draws starts in is still missed, without a warning.

@@ -506,8 +506,9 @@ class MCMCPosterior(Posterior):
             return False, u[:0]
         threshold = float(self._log_target(loc[None])[0]) - _level(u.shape[-1]) / 2
         log_target = log_likelihood[far] + self._log_prior(u[far])
-        if bool((log_target >= threshold).any()) or not search:
-            return bool((log_target >= threshold).any()), u[:0]
+        dense = bool((log_target >= threshold).any())
+        if dense or not search:
+            return dense, u[:0]
         index = far.nonzero().flatten()
         half = _SEARCH_STARTS // 2
         chosen = torch.cat([index[log_target.topk(min(half, len(index))).indices],
@@ -636,8 +637,7 @@ class MCMCPosterior(Posterior):
             cumulative = torch.cumsum(weights, 0)
             index = torch.searchsorted(cumulative, (positions + float(torch.rand(()))) / count * cumulative[-1])
             u, log_l, log_p = (t[index.clamp(max=count - 1)] for t in (u, log_l, log_p))
-            covariance = torch.cov(u.T).reshape(u.shape[-1], u.shape[-1])
-            tril = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(u.shape[-1], dtype=torch.float64))
+            tril = _spread(u)
             for _ in range(_MOVES):
                 proposed = u + scale * torch.randn_like(u) @ tril.T
                 new_l, new_p = self._log_likelihood(proposed.float()).double(), self._log_prior(proposed).double()
