@@ -41,12 +41,26 @@ starts as the identity, at that Gaussian.
 Observations whose every training value is an integer (counts) are discrete, and a
 density fitted to them piles up on the integers, where its height is arbitrary. Those
 columns are dequantized: the flow learns the density of :math:`x + v`, with
-:math:`v \sim \mathcal{U}[0, 1)` drawn once per training row, whose integral over the cell
-:math:`[x, x + 1)` is the probability of :math:`x`. :meth:`Likelihood.sample` returns
-:math:`\lfloor x + v \rfloor` (integers) and :meth:`Likelihood.log_prob` the density at
-the cell's centre, :math:`x + 1/2`, for :math:`\log P(x | \theta)`. On poisson_glm (10
-counts, 10,000 simulations) this took the MCMC posterior's C2ST against the exact one
-from 0.588, 0.709 and 0.639 to 0.540, 0.595 and 0.579 at three observations.
+:math:`v \sim \mathcal{U}[0, 1)`, whose integral over the cell :math:`[x, x + 1)` is the
+probability of :math:`x`. :meth:`Likelihood.sample` returns :math:`\lfloor x + v \rfloor`
+(integers) and :meth:`Likelihood.log_prob` the density at the cell's centre,
+:math:`x + 1/2`, for :math:`\log P(x | \theta)`. On poisson_glm (10 counts, 10,000
+simulations) this took the MCMC posterior's C2ST against the exact one from 0.588, 0.709
+and 0.639 to 0.540, 0.595 and 0.579 at three observations.
+
+Training draws a fresh :math:`v` for every row in every step (:meth:`NLENetwork.loss`);
+validation keeps one per row. With one :math:`v` per row throughout, the flow fitted
+those draws: on ten binary outcomes of a logistic regression in two parameters (10,000
+simulations) the validation loss was lowest at epoch 21 of 61, at 11.31, and 1.45 above
+the training loss by the end; the emulator's outcome probabilities were up to 0.09 off,
+and the posterior of 10 trials scored a C2ST of 0.69-0.96 against the exact one. With
+fresh draws, the validation loss fell for all 200 epochs, to 10.86, within 0.02 of the
+training loss; the probabilities were up to 0.07 off, and the posterior scored
+0.58-0.64. On poisson_glm, whose counts are larger, the three observations above scored
+0.537, 0.604 and 0.576 with fresh draws, against 0.550, 0.587 and 0.580 with one per row.
+Binary outcomes remain the hard case: the flow's density is not flat within a cell and
+leaks outside {0, 1}, so the density at the centre misjudges :math:`P(x | \theta)` by a
+factor that varies with :math:`\theta`.
 """
 
 __all__ = ["NLE", "NLENetwork", "Likelihood", "natural_columns"]
@@ -144,8 +158,17 @@ class NLENetwork(nn.Module):
         return TransformedDistribution(self.flow(context), [shift], validate_args=False)
 
     def loss(self, r: Tensor, x: Tensor) -> Tensor:
-        r"""Returns :math:`-\log q(z | r)`, :math:`(B,)`, for flattened observations :math:`(B, X)`."""
+        r"""Returns :math:`-\log q(z | r)`, :math:`(B,)`, for flattened observations :math:`(B, X)`.
 
+        In training mode, the columns of counts get fresh dequantization noise: the cell
+        :math:`\lfloor x \rfloor` plus a new :math:`v \sim \mathcal{U}[0, 1)`, drawn from
+        torch's global CPU generator (which :meth:`NLE.fit` seeds and checkpoints save).
+        In evaluation mode (validation) ``x`` is taken as it is.
+        """
+
+        if self.training and bool(self.x_discrete.any()):
+            noise = torch.rand(x.shape, dtype=x.dtype).to(x.device)
+            x = torch.where(self.x_discrete.bool(), _in_cell(x.floor(), noise), x)
         return -self(r).log_prob((x - self.x_loc) / self.x_scale)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -475,11 +498,15 @@ class NLE:
             tensors = copy.copy(stream)
             tensors.transform = functools.partial(_training_rows, likelihood)
         network, stage = likelihood.network, None
-        if self.location_first:
-            with train_location_only(network.flow) as any_to_train:
-                if any_to_train:
-                    stage = fit(network, tensors, self.training, "location", "location")
-        likelihood.history = fit(network, tensors, self.training, "training", "likelihood")
+        # the dequantization noise of training (NLENetwork.loss) comes from the global CPU
+        # generator: seeded here, so that training is reproducible, and left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.training.seed)
+            if self.location_first:
+                with train_location_only(network.flow) as any_to_train:
+                    if any_to_train:
+                        stage = fit(network, tensors, self.training, "location", "location")
+            likelihood.history = fit(network, tensors, self.training, "training", "likelihood")
         if stage is not None:
             likelihood.history["location_stage"] = stage
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
@@ -575,7 +602,15 @@ def _dequantized(network: NLENetwork, theta: Tensor, x: Tensor) -> Tensor:
         return x
     key = int((theta.double().abs().sum() * 2**20).round()) % 2**62
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(key), dtype=x.dtype)
-    return x + noise * discrete
+    return torch.where(discrete.bool(), _in_cell(x, noise), x)
+
+
+def _in_cell(cell: Tensor, noise: Tensor) -> Tensor:
+    r"""The integers ``cell`` plus ``noise`` in :math:`[0, 1)`, kept below ``cell + 1``: in
+    float32, a count above 1 plus a noise within :math:`2^{-24}` of 1 rounds up to the next
+    count, whose cell it would then fall in."""
+
+    return torch.minimum(cell + noise, torch.nextafter(cell + 1, cell))
 
 
 def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
