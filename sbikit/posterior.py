@@ -312,6 +312,8 @@ _MIN_DRAWS = 64  # HMC draws per chain at least: R-hat of 64 x 64 independent dr
 _ROWS = 2**16  # (parameter, trial) pairs per network call outside the chains' steps
 _USABLE_FIT = 0.01  # the share above which independence proposals alone are used (on chains up to 30x longer)
 _GOOD_FIT = 0.3  # the Gaussian fit's share below which a mixture is fitted too
+_REPEATS = 0.05  # independence chains: the share of returned draws that may repeat the one before
+_MAX_SPACING = 10  # ... for which returned draws are up to this many iterations apart
 _CANDIDATE_ESS = 32  # prior draws are added while their weights' effective sample size is below this,
 _CANDIDATE_ROWS = 2**17  # up to this many (draw, trial) pairs (or MCMCConfig.num_candidates draws)
 _CLIMB_STEPS = 40  # gradient steps that move the mixture's first means uphill
@@ -336,6 +338,19 @@ def _ess(log_w: Tensor) -> float:
     r"""The effective sample size :math:`(\sum_i w_i)^2 / \sum_i w_i^2` of log-weights :math:`(K,)`."""
 
     return float(1.0 / (torch.softmax(log_w.double(), 0) ** 2).sum())
+
+
+def _spacing(acceptance: float) -> int:
+    r"""The iterations :math:`k` between the draws that :meth:`MCMCPosterior.sample` returns from
+    independence chains that accept ``acceptance`` of their proposals: the fewest for which a
+    draw repeats the one before (all :math:`k` proposals between them rejected,
+    :math:`(1 - a)^k`) in at most ``_REPEATS`` of them, and at most ``_MAX_SPACING``."""
+
+    if acceptance >= 1 - _REPEATS:
+        return 1
+    if acceptance <= 0:
+        return _MAX_SPACING
+    return min(_MAX_SPACING, math.ceil(math.log(_REPEATS) / math.log1p(-acceptance)))
 
 
 def _level(dim: int) -> float:
@@ -419,6 +434,7 @@ class MCMCPosterior(Posterior):
         self.mcmc = mcmc if mcmc is not None else MCMCConfig()
         self.history: dict = {}
         self._sampler: HMC | None = None
+        self._spacing = 1  # the iterations between returned draws of independence chains
         self._chains = None
 
     def _log_prior(self, u: Tensor) -> Tensor:
@@ -726,8 +742,18 @@ class MCMCPosterior(Posterior):
         r"""Draws from the posterior by MCMC.
 
         The first call starts the chains and warms them up (``MCMCConfig.warmup``);
-        each call then runs :math:`S = \max(\lceil n / C \rceil, 64)` iterations per chain
-        (times ``thin``) and checks convergence (see the class description).
+        each call then runs :math:`S \ge \max(\lceil n / C \rceil, 64)` iterations per chain
+        (times ``thin``) and checks convergence (see the class description). Independence
+        chains run longer: at least :math:`512 \lceil 1 / s \rceil` iterations, where :math:`s`
+        is the importance fit's effective sample size share (:math:`\lceil 1 / s \rceil` at most
+        30), and at least :math:`k \lceil n / C \rceil`, with :math:`k`
+        from the warm-up's acceptance rate :math:`a` so that :math:`(1 - a)^k \le 0.05`
+        (at most 10). A rejection repeats the draw before it, and a classifier two-sample
+        test reads repeats as a cluster of their own: on gaussian_linear (10-D) with 10,000
+        draws, 42% of the draws were repeats and the C2ST against the exact posterior was
+        0.536, against 0.506 for the surrogate's own posterior; with the draws 3 iterations
+        apart (and the importance fit no longer widened, :func:`sbikit.proposals.importance_fit`),
+        5% and 0.502.
 
         Arguments:
             num_samples: The number of draws :math:`n`.
@@ -761,11 +787,17 @@ class MCMCPosterior(Posterior):
                   desc="MCMC warm-up" if fresh else "MCMC") as bar:
             if fresh:
                 if self._independent:
-                    self._sampler.sample_independent(config.warmup, bar)
+                    warm = self._sampler.sample_independent(config.warmup, bar)
+                    self._spacing = _spacing(float(warm.accept.mean()))
                 else:
                     self._sampler.warmup(bar)
                 bar.set_description("MCMC")
             if self._independent:
+                # a rejection repeats a draw, and repeats among the returned draws are read as
+                # their own cluster by a classifier (C2ST) and by anything else that counts them
+                spaced = max(draws, math.ceil(num_samples / chains_count) * self._spacing)
+                bar.total += (spaced - draws) * config.thin
+                draws = spaced
                 chains = self._sampler.sample_independent(draws, bar)
             else:
                 chains = self._sampler.sample(draws, bar)
@@ -787,7 +819,8 @@ class MCMCPosterior(Posterior):
             "sampler": "independence" if self._independent else "hmc",
             "proposal_components": len(sampler.proposal.logits) if sampler.proposal is not None else 0,
             "num_chains": theta.shape[0], "draws_per_chain": theta.shape[1], "warmup": config.warmup,
-            "thin": config.thin, "step_size": sampler.step_size,
+            "thin": config.thin, "spacing": self._spacing if self._independent else 1,
+            "step_size": sampler.step_size,
             "leapfrog_steps": sampler._leapfrog_steps(sampler.step_size),
             "acceptance": float(chains.accept.mean()), "divergences": int(chains.divergent.sum()),
             "r_hat": stats["r_hat"].tolist(), "ess_bulk": stats["ess_bulk"].tolist(),

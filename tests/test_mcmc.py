@@ -10,6 +10,7 @@ from torch.distributions import Independent, Normal
 import sbikit
 
 from sbikit import proposals
+from sbikit.diagnostics import c2st
 from sbikit.mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from sbikit.priors import from_unconstrained
 
@@ -48,9 +49,11 @@ def test_importance_fit_finds_a_narrow_gaussian_from_prior_draws():
     z = torch.randn(2000, 3)
     loc, tril, *_ = importance_fit(target, z, target(z))
     assert bool(((loc - mu).abs() < 0.2 * sd).all())
-    # over-dispersed by design (each round adds a quarter of the previous proposal's covariance)
+    # the weighted draws' covariance once their ESS is 30% of 2,000 draws, without the floor that
+    # each earlier round adds (a quarter of the previous proposal's covariance, which made it
+    # 1.12 times too wide); seeds 0-4 gave 0.95-1.02
     ratio = tril.diagonal() / sd
-    assert bool(((ratio > 1.0) & (ratio < 1.6)).all()), ratio
+    assert bool(((ratio > 0.9) & (ratio < 1.1)).all()), ratio
 
 
 class AnalyticLikelihood:
@@ -94,6 +97,26 @@ def test_many_trials_start_from_the_laplace_approximation_and_give_the_exact_pos
     assert bool(((samples.mean(0) - mean).abs() < 0.1 * sd).all()), ((samples.mean(0) - mean) / sd)
     assert bool(((samples.std(0) / sd - 1).abs() < 0.1).all()), samples.std(0) / sd
     assert min(posterior.history["ess_bulk"]) > 1000
+
+
+def test_independence_draws_rarely_repeat_and_follow_the_exact_posterior():
+    # 10-D: the Student-t proposal accepts about 70%. Returned every second iteration (the spacing
+    # that the chains' least length gave), 19-21% of the draws repeated one another (seeds 0-3);
+    # now 4-6%. On gaussian_linear, with 42% repeats among 10,000 draws, the C2ST against the
+    # exact posterior was 0.536, against 0.506 for the surrogate's posterior itself
+    torch.manual_seed(0)
+    prior = Independent(Normal(torch.zeros(10), torch.ones(10)), 1)
+    trials = 0.5 + 0.7 * torch.randn(3, 10)
+    posterior = sbikit.MCMCPosterior(AnalyticLikelihood(prior, 0.7), trials, MCMCConfig(show_progress=False))
+    samples = posterior.sample(6000)
+    history = posterior.history
+    assert history["sampler"] == "independence" and history["spacing"] > 1
+    assert history["draws_per_chain"] >= history["spacing"] * 6000 / history["num_chains"]
+    distinct = len(torch.unique(samples, dim=0)) / len(samples)
+    precision = 1.0 + 3 / 0.7**2
+    exact = (trials.sum(0) / 0.7**2) / precision + precision**-0.5 * torch.randn(6000, 10)
+    score = c2st(exact, samples, seed=0).accuracy
+    assert distinct > 0.92 and score < 0.53, (distinct, score)
 
 
 @pytest.mark.parametrize("independence", [True, False])
