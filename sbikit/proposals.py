@@ -41,11 +41,11 @@ def importance_fit(
     fits the weighted mean and covariance, draws ``num_draws`` points from a Gaussian with
     them (its variance shrunk at most fourfold per round, so that a few heavy weights do
     not collapse it), and reweights them by target over proposal. It stops when the
-    effective sample size reaches 30% of the draws, and returns the weighted mean and
-    covariance of those draws, or after 8 rounds, and returns them with the floor that
-    each round adds (a quarter of the last proposal's covariance). With that floor in
-    the returned fit too, a converged fit was 1.12 times too wide, and the independence
-    sampler on a 10-D Gaussian posterior accepted 58% of its proposals instead of 70%.
+    effective sample size reaches 30% of the draws, returning their weighted mean and
+    covariance, or after 8 rounds, returning the covariance with the floor that each
+    round adds (a quarter of the last proposal's). With that floor in a converged fit
+    too, the fit was 1.12 times too wide, and the independence sampler on a 10-D
+    Gaussian posterior accepted 58% of its proposals instead of 70%.
 
     Arguments:
         log_target: Maps points :math:`(K, D)` to log-densities :math:`(K,)` (no gradient needed).

@@ -261,6 +261,30 @@ def test_mixture_proposals_recover_a_bimodal_posterior(independence):
         assert torch.allclose(torch.cov(part.T), cov, atol=0.1 * float(cov.diagonal().max())), torch.cov(part.T)
 
 
+def test_a_proposal_that_misses_a_mode_that_tempering_found_is_warned(monkeypatch):
+    # the posterior of MixtureLikelihood: modes of mass 0.3 (theta_1 < 0) and 0.7. A mixture fit
+    # that sees only the particles of the heavier mode (and a defensive Gaussian fitted to them)
+    # gives independence chains that never visit the lighter one; tempered SMC's particles did
+    torch.manual_seed(0)
+    prior = sbikit.BoxUniform(-4 * torch.ones(2), 4 * torch.ones(2))
+    config = MCMCConfig(show_progress=False)
+    covered = sbikit.MCMCPosterior(MixtureLikelihood(prior, 1.0), torch.zeros(2), config)
+    covered.sample(2000)
+    assert covered.history["uncovered"] < 0.05  # measured 0.000-0.001 at seeds 0-2
+
+    def one_mode(log_target, particles, log_w, defensive, **options):
+        right = particles[particles[:, 0] > 0]
+        spread = torch.linalg.cholesky(torch.cov(right.T.double())).float()
+        return mixture_fit(log_target, right, log_w[: len(right)], (right.mean(0), spread), **options)
+
+    monkeypatch.setattr(sbikit.posterior, "mixture_fit", one_mode)
+    missing = sbikit.MCMCPosterior(MixtureLikelihood(prior, 1.0), torch.zeros(2), config)
+    with pytest.warns(RuntimeWarning, match="of the draws of tempered SMC lie where the independence proposal"):
+        samples = missing.sample(2000)
+    assert float((samples[:, 0] < 0).float().mean()) < 0.05  # the chains miss the lighter mode
+    assert 0.2 < missing.history["uncovered"] < 0.4, missing.history["uncovered"]  # 0.30-0.31 at seeds 0-2
+
+
 def test_mixture_fit_covers_both_modes_from_prior_draws():
     torch.manual_seed(0)
     target = torch.distributions.MixtureSameFamily(
