@@ -903,7 +903,8 @@ class MCMCPosterior(Posterior):
                 f"{self._uncovered:.0%} of the draws of tempered SMC lie where the independence proposal goes "
                 "less often than to any of its own draws: the chains under-weight that part of the posterior "
                 "(a mode or a tail that the proposal's mixture misses). Compare with "
-                "MCMCConfig(independence=False), or with more simulations near those parameters.",
+                "MCMCConfig(independence=False) (HMC, whose chains also move locally), or raise "
+                "MCMCConfig(mixture_components=...).",
                 RuntimeWarning,
                 stacklevel=3,
             )
