@@ -43,7 +43,7 @@ from .errors import SamplingError
 from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from .priors import clamp_to_support, in_support
-from .proposals import spread_points
+from .proposals import _PSEUDO, spread_points
 
 
 class SupportMappedDistribution(Distribution):
@@ -748,17 +748,21 @@ class MCMCPosterior(Posterior):
                                                  defensive=(loc, tril),
                                                  components=self.mcmc.mixture_components, num_draws=len(u),
                                                  refine=functools.partial(self._climb, loc=loc, tril=tril))
-            if ess > self._fit_ess or (uncovered and ess >= _USABLE_FIT):
+            kept = ess > self._fit_ess or (uncovered and ess >= _USABLE_FIT)
+            if kept:
                 proposal, u, log_w, self._fit_ess = mixture, v, log_v, ess
-            proposal, u, log_w = self._cover(proposal, u, log_w, particles, tril)
+            # the mixture's weights are already target over the proposal; the Gaussian's are not
+            # over its Student t
+            proposal, u, log_w = self._cover(proposal, u, log_w, particles, tril, against=kept)
         gumbel = -torch.log(-torch.log(torch.rand(len(u)).clamp_min(1e-30)))
         return u[(log_w + gumbel).topk(self.mcmc.num_chains).indices], (loc, tril), proposal
 
     def _cover(self, proposal: StudentMixture, u: Tensor, log_w: Tensor, particles: Tensor,
-               tril: Tensor) -> tuple[StudentMixture, Tensor, Tensor]:
+               tril: Tensor, against: bool = False) -> tuple[StudentMixture, Tensor, Tensor]:
         r"""Checks that the independence proposal reaches where tempered SMC's particles
         :math:`(P, D)` are, and widens it where it does not; returns the proposal with its
-        draws :math:`(M, D)` (``u``) and their log weights (``log_w``), and sets
+        draws :math:`(M, D)` (``u``) and their log weights (``log_w``; ``against`` says
+        they are target over this proposal, and need not be computed again), and sets
         ``_uncovered``.
 
         The particles follow the posterior. One whose ratio of target to proposal exceeds that
@@ -773,14 +777,16 @@ class MCMCPosterior(Posterior):
 
         target = self._log_target(particles).double()
 
-        def beyond(g: StudentMixture, draws: Tensor) -> tuple[Tensor, Tensor]:
+        def beyond(g: StudentMixture, draws: Tensor, log_w: Tensor | None = None) -> tuple[Tensor, Tensor]:
             # which particles lie beyond the reach of g's draws, and those draws' log weights
-            log_w = self._log_target(draws).double() - g.log_prob(draws).double()
+            if log_w is None:
+                log_w = self._log_target(draws).double() - g.log_prob(draws).double()
+            log_w = log_w.double()
             finite = log_w[torch.isfinite(log_w)]
             top = finite.max() if len(finite) else torch.tensor(-math.inf, dtype=torch.float64)
             return target - g.log_prob(particles).double() > top, torch.where(torch.isfinite(log_w), log_w, -math.inf)
 
-        outside, _ = beyond(proposal, u)
+        outside, _ = beyond(proposal, u, log_w if against else None)
         share = self._uncovered = float(outside.double().mean())
         if share <= _UNCOVERED or not _COVER_COMPONENTS:
             return proposal, u, log_w
@@ -789,7 +795,7 @@ class MCMCPosterior(Posterior):
         white = torch.linalg.solve_triangular(tril.double(), (far.double()[:, None] - centres.double()).mT,
                                               upper=False)
         nearest = (white**2).sum(-2).argmin(-1)
-        pseudo = 0.1 * tril.double() @ tril.double().T
+        pseudo = _PSEUDO * tril.double() @ tril.double().T
         logits, locs, trils = [proposal.logits.double() + math.log1p(-share)], [proposal.loc], [proposal.scale_tril]
         for k in range(len(centres)):
             members = far[nearest == k].double()
