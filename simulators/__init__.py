@@ -2,6 +2,8 @@ r"""Example simulators with reference posteriors.
 
 Each module defines ``prior()``, ``simulator(theta)`` (batched torch), and, where
 one exists, ``reference_posterior(x, num_samples, seed)`` returning exact samples.
+``ricker.simulator(theta, rng)`` runs one parameter vector in numpy, drawing from ``rng``;
+``ricker.batched_simulator`` is its batched torch twin.
 Structured examples define ``model()`` instead, a :class:`sbikit.MixedEffects` or
 :class:`sbikit.StateSpace`.
 """
@@ -13,6 +15,7 @@ __all__ = [
     "lotka_volterra",
     "ornstein_uhlenbeck",
     "poisson_glm",
+    "ricker",
     "sinusoid",
     "sir",
     "slcp",
@@ -26,6 +29,7 @@ from . import (
     lotka_volterra,
     ornstein_uhlenbeck,
     poisson_glm,
+    ricker,
     sinusoid,
     sir,
     slcp,
