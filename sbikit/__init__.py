@@ -26,10 +26,17 @@ __all__ = [
     "NLE",
     "NPE",
     "NPEPosterior",
+    "OutOfRangeWarning",
+    "PerObservationPosterior",
     "Posterior",
     "ProductPrior",
     "SamplingError",
+    "Simulator",
+    "SimulatorContractError",
+    "SimulatorShapeError",
+    "SimulatorTypeError",
     "Simulations",
+    "SmallDataWarning",
     "StateSpace",
     "TrainConfig",
     "TrainingError",
@@ -47,15 +54,19 @@ __version__ = "0.1.0"
 
 from . import diagnostics
 from .data import Simulations
-from .errors import FormatError, SamplingError, TrainingError
+from .errors import (
+    FormatError, OutOfRangeWarning, SamplingError, SimulatorContractError, SimulatorShapeError, SimulatorTypeError,
+    SmallDataWarning, TrainingError,
+)
 from .estimators import NLE, NPE, HierarchicalNPE, HierarchicalPosterior, Likelihood, NPEPosterior
 from .flows import affine_coupling_flow, coupling_flow
 from .io import load
 from .models import MixedEffects, StateSpace, euler_maruyama, gillespie
 from .mcmc import MCMCConfig
-from .posterior import AmortizedPosterior, MCMCPosterior, Posterior
+from .posterior import AmortizedPosterior, MCMCPosterior, PerObservationPosterior, Posterior
 from .priors import BoxUniform, ProductPrior
 from .runs import open_store, simulate
+from .simulator import Simulator
 from .train import TrainConfig
 
 

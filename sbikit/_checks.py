@@ -9,6 +9,7 @@ import warnings
 from torch import Tensor
 
 from .data import as_float_tensor
+from .errors import OutOfRangeWarning
 
 
 def check_count(value: object, name: str) -> int:
@@ -51,7 +52,7 @@ def check_x(
                 f"{name} has {x.shape[-2]} {what}, {longer} than any simulation trained on (at most "
                 f"{x_shape[-2]}); the summary network extrapolates, so check the posterior "
                 "(for example by simulating data of this size).",
-                RuntimeWarning,
+                OutOfRangeWarning,
                 stacklevel=4,
             )
         x_shape = x.shape[-2:]
@@ -68,6 +69,23 @@ def check_x(
         bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise ValueError(f"{name} contains {bad}; observations must be finite.")
     return x, x.shape[: x.ndim - k]
+
+
+def broadcast_batch(theta_batch: torch.Size, x_batch: torch.Size) -> torch.Size:
+    r"""The batch shape that parameters with batch shape ``theta_batch`` and observations with
+    batch shape ``x_batch`` broadcast to.
+
+    Raises:
+        ValueError: If they do not broadcast, with the shapes that would.
+    """
+
+    try:
+        return torch.broadcast_shapes(theta_batch, x_batch)
+    except RuntimeError:
+        raise ValueError(
+            f"theta has batch shape {tuple(theta_batch)} and x has batch shape {tuple(x_batch)}, which do not "
+            "broadcast; pass theta (n, m, D) for m observations (m, *x_shape)."
+        ) from None
 
 
 def check_theta(theta: object, dim: int, name: str = "theta") -> Tensor:

@@ -55,7 +55,9 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 # 2: the prior's fingerprint in the config; observations standardized per feature
 # 3: bounded parameters mapped by LinearTailsTransform, not the logistic (config "intervals")
 # 4: "intervals" may name the tails' share, "linear-<eps>" (NPE's are 1% of the interval; "linear" is 5%)
-FORMAT_VERSION = 4
+# 5: NLE keeps the support of x (x_low, x_high, x_declared, x_knee) and estimators the range of x
+#    trained on (x_range); files of 4 and below load with an unbounded support and range
+FORMAT_VERSION = 5
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

@@ -29,6 +29,7 @@ from torch.distributions import Distribution
 
 from ._checks import check_count
 from .data import Failure, Simulations, as_float_tensor
+from .errors import SimulatorContractError, SimulatorShapeError, SimulatorTypeError
 from .priors import check_prior
 from .runs.randomness import RowStreams, keyed_words
 from .runs.seeds import NUMPY, PRIOR, TORCH, mix64, simulation_seeds, stream_keys
@@ -37,24 +38,11 @@ from .runs.chunk import batch_seed, draw_prior, exception_failure, isolated_glob
 _MEMBER = np.uint64(0xD1B54A32D192ED03)  # separates member streams from the simulation's own
 
 
-class _ContractError(Exception):
-    r"""A model's function returned something of the wrong type or shape: a bug to report, not a
-    failed simulation to record."""
-
-
-class _ShapeError(_ContractError, ValueError):
-    pass
-
-
-class _TypeError(_ContractError, TypeError):
-    pass
-
-
 def _float(value: object, name: str) -> Tensor:
     try:
         return as_float_tensor(value, name)
     except TypeError as error:
-        raise _TypeError(str(error)) from None
+        raise SimulatorTypeError(str(error)) from None
 
 
 def _member_seeds(seeds: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -176,13 +164,13 @@ class MixedEffects:
         def draw(g: Tensor) -> Tensor:
             distribution = self.local_prior(g)
             if not isinstance(distribution, Distribution):
-                raise _TypeError(f"local_prior must return a torch Distribution, got {type(distribution).__name__}.")
+                raise SimulatorTypeError(f"local_prior must return a torch Distribution, got {type(distribution).__name__}.")
             return distribution.sample()
 
         local, unattributed = self._draw(draw, keys, g)
         local = _float(local, "local_prior's sample")
         if local.ndim != 2 or local.shape[0] != len(g):
-            raise _ShapeError(
+            raise SimulatorShapeError(
                 f"local_prior(g) for g of shape {tuple(g.shape)} must give samples ({len(g)}, K), "
                 f"got {tuple(local.shape)}; wrap a scalar distribution in torch Independent."
             )
@@ -194,7 +182,7 @@ class MixedEffects:
         if x.ndim == 1:
             x = x.unsqueeze(-1)
         if x.ndim != 2 or x.shape[0] != len(g):
-            raise _ShapeError(
+            raise SimulatorShapeError(
                 f"member_simulator must return members ({len(g)}, L) for {len(g)} members, got {tuple(x.shape)}."
             )
         return x, unattributed
@@ -215,7 +203,7 @@ class MixedEffects:
                 local, u1 = self._locals(g, stream_keys(members, PRIOR))
                 x, u2 = self._members(g, local, stream_keys(members, TORCH))
                 unattributed = u1 or u2
-            except _ContractError:
+            except SimulatorContractError:
                 raise
             except Exception:  # noqa: BLE001 - one group's error must not sink the others: retry each
                 local, x, failures, unattributed = self._one_by_one(g, counts, members, start)
@@ -258,7 +246,7 @@ class MixedEffects:
                 local, u1 = self._locals(g[rows], stream_keys(members[rows], PRIOR))
                 x, u2 = self._members(g[rows], local, stream_keys(members[rows], TORCH))
                 unattributed |= u1 or u2
-            except _ContractError:
+            except SimulatorContractError:
                 raise
             except Exception as error:  # noqa: BLE001 - recorded, counted and reported
                 failures.append(exception_failure(start + i, error))
@@ -269,7 +257,7 @@ class MixedEffects:
         if not shapes:  # every group raised
             return None, None, failures, unattributed
         if len(shapes) > 1:
-            raise _ShapeError(f"members have different numbers of features or local parameters: {sorted(shapes)}.")
+            raise SimulatorShapeError(f"members have different numbers of features or local parameters: {sorted(shapes)}.")
         width, k = shapes.pop()
         nan = float("nan")
         x = torch.cat([t if t is not None else torch.full((int(c), width), nan) for t, c in zip(xs, counts)])
@@ -379,12 +367,12 @@ def gillespie(stoichiometry: object, propensities: Callable, max_reactions: int 
         a = propensities(state, theta)
         if not isinstance(a, Tensor) or a.shape != (len(state), num_reactions):
             shape = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
-            raise _ShapeError(
+            raise SimulatorShapeError(
                 f"propensities(state, theta) must return a tensor ({len(state)}, {num_reactions}), one rate per "
                 f"series and reaction of the stoichiometry, got {shape}."
             )
         if bool((a < 0).any()):
-            raise _ShapeError("propensities(state, theta) returned a negative rate; rates must be >= 0.")
+            raise SimulatorShapeError("propensities(state, theta) returned a negative rate; rates must be >= 0.")
         return a.double()
 
     def run(state: Tensor, theta: Tensor, times: Tensor) -> Tensor:
@@ -395,18 +383,18 @@ def gillespie(stoichiometry: object, propensities: Callable, max_reactions: int 
             times = _float(times, "times")
         times = times.to(state.device)
         if state.ndim != 2 or state.shape[1] != num_species:
-            raise _ShapeError(
+            raise SimulatorShapeError(
                 f"state must be (B, {num_species}), one count per species of the stoichiometry, "
                 f"got {tuple(state.shape)}."
             )
         if times.ndim == 1:
             times = times.expand(len(state), -1)
         if times.ndim != 2 or times.shape[0] != len(state) or times.shape[1] < 1:
-            raise _ShapeError(f"times must be (B, T) or (T,) for a state ({len(state)}, S), got {tuple(times.shape)}.")
+            raise SimulatorShapeError(f"times must be (B, T) or (T,) for a state ({len(state)}, S), got {tuple(times.shape)}.")
         if not bool(torch.isfinite(times).all()) or bool((times[:, 1:] < times[:, :-1]).any()):
-            raise _ShapeError("times must be finite and non-decreasing along each series.")
+            raise SimulatorShapeError("times must be finite and non-decreasing along each series.")
         if not isinstance(theta, Tensor) or len(theta) != len(state):
-            raise _ShapeError(f"theta must be a tensor with one row per series ({len(state)}).")
+            raise SimulatorShapeError(f"theta must be a tensor with one row per series ({len(state)}).")
         keys = torch.randint(0, 2**53, (len(state),), device=state.device)
         keys = mix64(keys.cpu().numpy().astype(np.uint64))
         with torch.no_grad(), torch._C.DisableTorchFunction():  # the loop draws no torch random numbers
@@ -542,9 +530,9 @@ class StateSpace:
     def _check_times(times: object, name: str) -> Tensor:
         times = _float(times, name).double() if not isinstance(times, Tensor) else times.detach().double()
         if times.ndim != 1 or len(times) < 1:
-            raise _ShapeError(f"{name} must be a 1-D tensor of at least one time, got shape {tuple(times.shape)}.")
+            raise SimulatorShapeError(f"{name} must be a 1-D tensor of at least one time, got shape {tuple(times.shape)}.")
         if not bool(torch.isfinite(times).all()) or not bool((times[1:] > times[:-1]).all()):
-            raise _ShapeError(f"{name} must be finite and strictly increasing, got {times.tolist()[:8]}...")
+            raise SimulatorShapeError(f"{name} must be finite and strictly increasing, got {times.tolist()[:8]}...")
         return times
 
     def _grids(self, seeds: np.ndarray, start: int) -> tuple[Tensor, Tensor]:
@@ -581,7 +569,7 @@ class StateSpace:
                     steps.append(y.unsqueeze(-1) if y.ndim == 1 else y)
                 x = torch.stack(steps, dim=1)
         if x.ndim != 3 or x.shape[:2] != times.shape:
-            raise _ShapeError(
+            raise SimulatorShapeError(
                 f"the model returned observations of shape {tuple(x.shape)} for times {tuple(times.shape)}; "
                 f"expected ({times.shape[0]}, {times.shape[1]}, X)."
             )
@@ -600,7 +588,7 @@ class StateSpace:
         with isolated_global_generators():
             try:
                 x, unattributed = self._observe(theta, times, keys)
-            except _ContractError:
+            except SimulatorContractError:
                 raise
             except Exception:  # noqa: BLE001 - one series' error must not sink the others: retry each
                 rows = []
@@ -610,7 +598,7 @@ class StateSpace:
                         row, flag = self._observe(theta[i : i + 1], times[i : i + 1, :length], keys[i : i + 1])
                         unattributed |= flag
                         rows.append(torch.cat([row[0], row[0, -1:].expand(times.shape[1] - length, -1)]))
-                    except _ContractError:
+                    except SimulatorContractError:
                         raise
                     except Exception as error:  # noqa: BLE001 - recorded, counted and reported
                         failures.append(exception_failure(start + i, error))
@@ -619,7 +607,7 @@ class StateSpace:
                 if not widths:  # every series raised
                     return theta, None, mask, failures, unattributed
                 if len(widths) > 1:
-                    raise _ShapeError(
+                    raise SimulatorShapeError(
                         f"the model returned observations with different numbers of features: {sorted(widths)}."
                     )
                 nan = torch.full((times.shape[1], widths.pop()), torch.nan)

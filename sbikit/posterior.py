@@ -19,9 +19,13 @@ MCMC (:mod:`sbikit.mcmc`: independence proposals from an importance fit, or vect
 HMC) for any likelihood that follows its contract.
 """
 
-__all__ = ["AmortizedPosterior", "MCMCPosterior", "Posterior", "SupportMappedDistribution", "clamp_to_support"]
+__all__ = [
+    "AmortizedPosterior", "MCMCPosterior", "PerObservationPosterior", "Posterior", "SupportMappedDistribution",
+    "clamp_to_support",
+]
 
 import abc
+import dataclasses
 import functools
 import math
 import numpy as np
@@ -38,7 +42,7 @@ from tqdm.auto import tqdm
 from typing import ClassVar
 from zuko.distributions import NormalizingFlow
 
-from ._checks import check_count, check_theta, check_x
+from ._checks import broadcast_batch, check_count, check_theta, check_x
 from .errors import SamplingError
 from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
@@ -215,10 +219,13 @@ class AmortizedPosterior(Posterior):
     - ``kind``, ``config()`` and ``from_config(config, **components)``, for saving.
 
     Calling the posterior, ``posterior(x)``, returns ``distribution(x)`` for a
-    checked ``x``.
+    checked ``x``. A subclass may set ``x_range`` (a
+    :class:`sbikit.estimators.base.TrainingRange`), and ``sample`` and ``log_prob`` then warn
+    with an :class:`sbikit.OutOfRangeWarning` where ``x`` lies beyond the training data.
     """
 
     amortized = True
+    x_range = None
     normalized = True
     independent_draws = True
 
@@ -244,10 +251,15 @@ class AmortizedPosterior(Posterior):
         Returns:
             The samples, :math:`(n, D)` for one observation or :math:`(n, m, D)` for
             a batch, on the CPU.
+
+        Warns:
+            OutOfRangeWarning: If ``x`` lies beyond the data the posterior was trained on.
         """
 
         num_samples = check_count(num_samples, "num_samples")
         x, batch = self._x(x)
+        if self.x_range is not None:
+            self.x_range.warn(x)
         with torch.no_grad():
             if len(batch) != 1 or num_samples * batch[0] <= _SAMPLE_CHUNK:
                 return self.distribution(x).sample((num_samples,))
@@ -271,13 +283,9 @@ class AmortizedPosterior(Posterior):
 
         theta = check_theta(theta, self.theta_dim)
         x, batch = self._x(x)
-        try:
-            torch.broadcast_shapes(theta.shape[:-1], batch)
-        except RuntimeError:
-            raise ValueError(
-                f"theta has batch shape {tuple(theta.shape[:-1])} and x has batch shape {tuple(batch)}, "
-                "which do not broadcast; pass theta (n, m, D) for a batch of m observations."
-            ) from None
+        if self.x_range is not None:
+            self.x_range.warn(x)
+        broadcast_batch(theta.shape[:-1], batch)
         with torch.no_grad():
             return self.distribution(x).log_prob(theta)
 
@@ -440,6 +448,8 @@ class MCMCPosterior(Posterior):
                 f"x_obs has shape {tuple(x.shape)}; pass one observation {tuple(likelihood.x_shape)} or N "
                 f"i.i.d. trials (N, {', '.join(map(str, likelihood.x_shape))})."
             )
+        if len(batch) == 1 and batch[0] == 0:
+            raise ValueError(f"x_obs has no trials (shape {tuple(x.shape)}); pass at least one observation.")
         self.likelihood = likelihood
         self.prior, self.parameter_names = likelihood.prior, likelihood.parameter_names
         self.x_shape, self.network, self.transform = likelihood.x_shape, likelihood.network, likelihood.transform
@@ -991,3 +1001,94 @@ class MCMCPosterior(Posterior):
         check_components(likelihood_class, spec["kind"], components)
         likelihood = likelihood_class.from_config(spec, **components)
         return cls(likelihood, torch.tensor(config["x_obs"]), MCMCConfig(**config["mcmc"]))
+
+
+class PerObservationPosterior(Posterior):
+    r"""The posterior of any observation under a likelihood, sampled by MCMC anew for each one.
+
+    It meets the diagnostics' contract (``sample(n, x=xs)`` :math:`\to (n, m, D)`,
+    ``log_prob(theta, x=xs)``), so that :func:`sbikit.diagnostics.sbc`, ``coverage``, ``tarp``,
+    ``recovery`` and ``check`` calibrate an NLE as they do an NPE. Each observation is one
+    trial: ``sample`` builds one :class:`MCMCPosterior` per observation and runs its chains,
+    so it costs :math:`m` MCMC runs; ``log_prob`` is unnormalized, with a constant that
+    differs between observations but not within one (which is all that ranks need). The
+    samplers' warnings are gathered into one per kind, with the number of observations
+    that raised it. :meth:`sbikit.Likelihood.posterior` without an observation returns one.
+
+    Arguments:
+        likelihood: The surrogate, with ``posterior(x_obs, mcmc)``, ``x_shape`` and ``prior``.
+        mcmc: The samplers' settings (their own progress bars are off; one bar counts the
+            observations); :class:`sbikit.MCMCConfig()` by default.
+    """
+
+    kind = "MCMC per observation"
+    amortized = True
+    normalized = False
+    independent_draws = False
+
+    def __init__(self, likelihood, mcmc: MCMCConfig | None = None) -> None:
+        if mcmc is not None and not isinstance(mcmc, MCMCConfig):
+            raise TypeError(f"mcmc must be a sbikit.MCMCConfig, got {type(mcmc).__name__}.")
+        self.likelihood, self.mcmc = likelihood, mcmc if mcmc is not None else MCMCConfig()
+        self.prior, self.parameter_names = likelihood.prior, likelihood.parameter_names
+        self.x_shape, self.network = likelihood.x_shape, likelihood.network
+        self.history: dict = {}
+
+    def _each(self, x: object, work, what: str) -> list:
+        r"""Runs ``work(posterior, j)`` for the posterior of each observation :math:`j` of ``x``
+        :math:`(m, *x\_shape)`, and warns once per kind of warning the samplers raised."""
+
+        quiet = dataclasses.replace(self.mcmc, show_progress=False)
+        results, raised = [], {}
+        show = self.mcmc.show_progress
+        disable = True if len(x) < 2 or show is False else None if show is None else False
+        for j, obs in enumerate(tqdm(x, desc=what, unit="observation", disable=disable)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results.append(work(self.likelihood.posterior(obs, quiet), j))
+            for w in caught:
+                raised.setdefault(w.category, [0, str(w.message)])[0] += 1
+        for category, (count, message) in raised.items():
+            warnings.warn(f"{count} of {len(x)} observations warned, the first: {message}", category, stacklevel=3)
+        return results
+
+    def sample(self, num_samples: int, x: object) -> Tensor:
+        r"""Draws :math:`(n, D)` from the posterior of one observation :math:`(*x\_shape)`, or
+        :math:`(n, m, D)` for :math:`m` observations :math:`(m, *x\_shape)`, one MCMC run each."""
+
+        num_samples = check_count(num_samples, "num_samples")
+        x, batch = check_x(x, self.x_shape)
+        if len(batch) > 1:
+            raise ValueError(f"x has shape {tuple(x.shape)}; pass one observation {tuple(self.x_shape)} or a "
+                             f"batch (m, {', '.join(map(str, self.x_shape))}).")
+        draws = self._each(x.reshape(-1, *self.x_shape), lambda post, j: post.sample(num_samples), "sampling")
+        return draws[0] if not batch else torch.stack(draws, 1)
+
+    def log_prob(self, theta: object, x: object) -> Tensor:
+        r"""The unnormalized :math:`\log p(\theta) + \log q(x | \theta)` of parameters :math:`(*, D)`
+        against observations :math:`(*x\_shape)` or :math:`(m, *x\_shape)`, broadcast as in
+        :meth:`AmortizedPosterior.log_prob`."""
+
+        theta = check_theta(theta, self.theta_dim)
+        x, batch = check_x(x, self.x_shape)
+        theta = theta.expand(*broadcast_batch(theta.shape[:-1], batch), self.theta_dim)
+        if not batch:
+            return self._each(x.unsqueeze(0), lambda post, j: post.log_prob(theta), "log_prob")[0]
+        return torch.stack(self._each(x, lambda post, j: post.log_prob(theta[..., j, :]), "log_prob"), -1)
+
+    def to_arviz(self, x: object, num_samples: int | None = None):
+        r"""The chains of one observation's MCMC run, as :meth:`MCMCPosterior.to_arviz`."""
+
+        return self.likelihood.posterior(x, self.mcmc).to_arviz(num_samples)
+
+    def config(self) -> dict:
+        return {"likelihood": {"kind": self.likelihood.kind, **self.likelihood.config()}, "mcmc": self.mcmc.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict, **components) -> "PerObservationPosterior":
+        from .io import check_components
+
+        spec = config["likelihood"]
+        likelihood_class = Saveable.kinds[spec["kind"]]
+        check_components(likelihood_class, spec["kind"], components)
+        return cls(likelihood_class.from_config(spec, **components), MCMCConfig(**config["mcmc"]))

@@ -295,12 +295,16 @@ def held_out(num_rows: int, config: TrainConfig) -> Tensor:
 
 
 def best_validation(history: dict) -> str:
-    r"""The best validation loss of a training ``history`` and where it was seen, in words."""
+    r"""The best validation loss of a training ``history`` and where it was seen, in words.
+
+    An epoch is named by its index in the history, as ``history["best_epoch"]`` names it:
+    ``"at epoch 14"`` is ``history["validation_loss"][14]``, the fifteenth epoch.
+    """
 
     epoch = history["best_epoch"]
     if epoch < 0:
         return f"{history['initial_validation_loss']:.4f} at the start, before any epoch"
-    return f"{history['validation_loss'][epoch]:.4f} at epoch {epoch + 1}"
+    return f"{history['validation_loss'][epoch]:.4f} at epoch {epoch}"
 
 
 def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
@@ -500,7 +504,7 @@ class Training:
         if self.lines and time.perf_counter() - self.last_line > 30:
             self.last_line = time.perf_counter()
             print(
-                f"{self.name}: epoch {epoch + 1}/{self.max_epochs}, train loss {history['train_loss'][-1]:.4f}, "
+                f"{self.name}: {epoch + 1}/{self.max_epochs} epochs, train loss {history['train_loss'][-1]:.4f}, "
                 f"validation loss {val_loss:.4f}",
                 file=sys.stderr,
             )

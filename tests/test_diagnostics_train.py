@@ -68,3 +68,15 @@ def test_mmd_summary_refuses_bad_options():
         MMDSummary(lambda x: x)
     with pytest.raises(ValueError, match="weight"):
         MMDSummary(nn.Linear(2, 2), weight=-1)
+
+
+def test_the_training_log_names_the_best_epoch_as_history_does(capsys):
+    import faulty
+
+    # show_progress=None off a terminal (pytest's capture): no bar, a summary line on stderr
+    config = sbikit.TrainConfig(batch_size=64, max_epochs=6, learning_rate=1e-2, show_progress=None)
+    history = fit(faulty.Regression(), faulty.regression_data(), config)
+    best = history["best_epoch"]
+    assert best >= 0  # an epoch beat the starting weights, so the line names an epoch
+    line = capsys.readouterr().err
+    assert f"best validation loss {history['validation_loss'][best]:.4f} at epoch {best}\n" in line, line

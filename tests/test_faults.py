@@ -163,6 +163,30 @@ def test_a_killed_driver_resumes_to_the_same_store(tmp_path):
     assert (path / "theta.npy").read_bytes() == (tmp_path / "b" / "theta.npy").read_bytes()
 
 
+def test_the_workers_of_a_killed_driver_end_without_a_traceback(tmp_path):
+    n, culprit, size, path = 3000, 3, 20, tmp_path / "a"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]), OMP_NUM_THREADS="1",
+               SBIKIT_TEST_HANG=repr(float(thetas(n)[culprit, 0])))
+    # 5 ms a simulation, so that the run is far from done when the culprit's chunk is written
+    code = ("import faulty, sbikit, time\n"
+            "def slow_hangs(theta):\n    time.sleep(0.005)\n    return faulty.hangs(theta)\n"
+            f"sbikit.simulate(slow_hangs, faulty.PRIOR, {n}, seed=0, batched=False, batch_size={size}, workers=2, "
+            f"timeout=2, retries=0, store={str(path)!r}, show_progress=False)")
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(path.glob(f"shards/000000000000-{size:012d}.*.npz")):
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)  # its workers are mid-chunk, their pipes to it now closed
+    _, stderr = driver.communicate(timeout=60)  # the end of stderr: the workers have ended too
+    assert driver.returncode == -signal.SIGKILL
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    store = open_store(path)
+    assert not store.complete, "the driver was to be killed mid-run"
+    [failure] = store.failures
+    assert failure.index == culprit and failure.status == "timeout" and "worker process was killed" in failure.message
+    assert store.records["status"][culprit] == "timeout" and (np.delete(store.records["status"], culprit) == "ok").all()
+
+
 # 7 -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("simulator, batched", [(faulty.noisy, True), (faulty.noisy_one, False)])
 def test_workers_and_chunk_sizes_do_not_change_x(simulator, batched):

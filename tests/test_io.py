@@ -142,6 +142,7 @@ class Custom(Distribution):
         return Normal(0.0, 1.0).log_prob(value).sum(-1)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_custom_prior_must_be_passed_again(tmp_path):
     prior = Custom()
     data = sbikit.simulate(noisy, prior, 100, seed=0, show_progress=False)
@@ -171,6 +172,7 @@ def test_a_prior_of_another_dimension_is_blamed_on_the_prior(saved):
         sbikit.load(path, prior=sbikit.BoxUniform(-2 * torch.ones(2), 2 * torch.ones(2)))
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_a_custom_prior_with_other_parameters_is_refused(tmp_path):
     class Shifted(Custom):
         def __init__(self, shift):

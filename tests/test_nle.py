@@ -353,7 +353,7 @@ def test_members_of_mixed_effects_are_iid_trials():
 
 def test_series_are_refused():
     prior = sbikit.BoxUniform(-torch.ones(1), torch.ones(1))
-    data = sbikit.Simulations(theta=torch.zeros(4, 1), x=torch.zeros(4, 3, 2), structure="series")
+    data = sbikit.Simulations(theta=torch.zeros(20, 1), x=torch.zeros(20, 3, 2), structure="series")
     with pytest.raises(TypeError, match="for time series use sbikit.NPE"):
         sbikit.NLE(prior).fit(data)
 

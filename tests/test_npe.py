@@ -3,6 +3,7 @@ import numpy as np
 import math
 import pytest
 import torch
+import warnings
 import torch.nn as nn
 import zuko
 
@@ -26,7 +27,7 @@ def test_sample_and_log_prob_shapes(trained):
     x = torch.tensor([0.5, -0.2, 1.0])
     assert posterior.sample(11, x=x).shape == (11, 3)
     assert posterior.log_prob(torch.zeros(11, 3), x=x).shape == (11,)
-    xs = torch.randn(4, 3)
+    xs = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).clamp(-2, 2)  # inside the training range
     samples = posterior.sample(11, x=xs)
     assert samples.shape == (11, 4, 3)
     assert posterior.log_prob(samples, x=xs).shape == (11, 4)
@@ -51,7 +52,7 @@ def test_chunked_sampling_draws_the_same_whatever_the_threads(trained, monkeypat
 
     _, _, posterior = trained
     monkeypatch.setattr(sbikit.posterior, "_SAMPLE_CHUNK", 256)  # 100 samples: 2 observations per chunk
-    xs = torch.randn(9, 3)
+    xs = 2 * torch.rand(9, 3, generator=torch.Generator().manual_seed(0)) - 1  # inside the training range
     threads = torch.get_num_threads()
     draws = {}
     try:
@@ -171,12 +172,14 @@ def test_custom_summary_on_structured_x(box3, quick, tmp_path):
     assert torch.allclose(loaded.log_prob(theta, x=data.x[0]), posterior.log_prob(theta, x=data.x[0]))
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_default_mlp_accepts_multidimensional_x(box3, quick):
     data = sbikit.simulate(lambda t: t.unsqueeze(1).repeat(1, 4, 1), box3, 100, seed=0, show_progress=False)
     posterior = sbikit.NPE(box3, training=quick).fit(data)
     assert posterior.sample(2, x=torch.zeros(5, 4, 3)).shape == (2, 5, 3)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_summary_with_a_wrong_output_is_an_error(box3, quick):
     data = sbikit.simulate(noisy, box3, 50, seed=0, show_progress=False)
     with pytest.raises(ValueError, match=r"summary must map observations \(B, 3\)"):
@@ -230,7 +233,7 @@ def test_theta_dimension_differs_from_the_prior(trained, box3, quick):
 
 
 def test_theta_outside_the_support(box3, quick):
-    theta = torch.zeros(10, 3)
+    theta = torch.zeros(20, 3)
     theta[4, 1] = 3.0
     with pytest.raises(ValueError, match=r"1 rows of theta lie outside the prior's support \(row 4"):
         sbikit.NPE(box3, training=quick).fit(sbikit.Simulations(theta=theta, x=theta))
@@ -393,6 +396,7 @@ def test_gradients_are_clipped(monkeypatch):
     assert any(before > 0.5 for before, _, _ in norms)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_no_dataloader_is_used(box3, quick, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("training must slice in-memory tensors")
@@ -402,6 +406,7 @@ def test_no_dataloader_is_used(box3, quick, monkeypatch):
     sbikit.NPE(box3, training=quick).fit(data)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_training_reports_one_line_when_not_a_terminal(box3, capsys):
     data = sbikit.simulate(noisy, box3, 100, seed=0)
     sbikit.NPE(box3, training=TrainConfig(max_epochs=2)).fit(data)
@@ -416,6 +421,7 @@ def test_training_reports_one_line_when_not_a_terminal(box3, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_device_selection(box3):
     data = sbikit.simulate(noisy, box3, 100, seed=0, show_progress=False)
     posterior = sbikit.NPE(box3, training=TrainConfig(max_epochs=1, device="cpu", show_progress=False)).fit(data)
@@ -452,7 +458,7 @@ def test_log_prob_leaves_the_global_rng_alone(trained):
 
 def test_all_failed_simulations_say_so(box3, quick):
     data = sbikit.Simulations(theta=torch.zeros(5, 3), x=torch.full((5, 3), torch.nan))
-    with pytest.raises(ValueError, match=r"at least 2 valid simulations to train, got 0 of 5 \(5 have NaN"):
+    with pytest.raises(ValueError, match=r"at least 20 valid simulations to train, got 0 of 5 \(5 have NaN"):
         sbikit.NPE(box3, training=quick).fit(data)
 
 
@@ -514,3 +520,19 @@ def test_a_race_resumed_from_its_checkpoints_ends_where_it_would_have(tmp_path, 
     assert resumed["adjustment_pilot"]["adjusted"] == whole["adjustment_pilot"]["adjusted"]
     assert resumed["adjustment_pilot"]["unadjusted"] == whole["adjustment_pilot"]["unadjusted"]
     assert resumed["validation_loss"] == whole["validation_loss"]
+
+
+def test_an_observation_beyond_the_training_data_is_flagged(trained, tmp_path):
+    # the README's example: every draw sat at the box's corner (sd 0), without a word
+    _, data, posterior = trained
+    far = torch.tensor([3.4, 2.7, 4.1])
+    with pytest.warns(sbikit.OutOfRangeWarning, match=r"feature 2 = 4.1, 1.\d training sds beyond"):
+        posterior.sample(100, x=far)
+    with pytest.warns(sbikit.OutOfRangeWarning, match="1 of 2 rows"):
+        posterior.log_prob(torch.zeros(3), x=torch.stack([far, torch.zeros(3)]))
+    posterior.save(tmp_path / "p.sbk")
+    with pytest.warns(sbikit.OutOfRangeWarning):  # the range is saved with the posterior
+        sbikit.load(tmp_path / "p.sbk").sample(10, x=far)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        posterior.sample(100, x=data.x[:50])  # the training data themselves are never flagged

@@ -110,6 +110,7 @@ def test_failures_are_recorded_and_counted(box3):
     assert torch.equal(clean.theta, data.theta)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_failed_rows_are_never_trained_on(box3, quick):
     with pytest.warns(RuntimeWarning):
         data = sbikit.simulate(failing, box3, 300, seed=0, show_progress=False)

@@ -125,9 +125,38 @@ def test_an_incomplete_store_is_not_trained_on(tmp_path, quick):
     with pytest.raises(KeyboardInterrupt):
         sbikit.simulate(stop, PRIOR, 200, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
     store = open_store(tmp_path / "a")
-    assert not store.complete and store.x[:100].isfinite().all() and store.x[100:].isnan().all()
+    assert not store.complete and len(store) == len(store.x) == 100 and store.x.isfinite().all()
     with pytest.raises(StoreError, match="missing 100 of 200 simulations"):
         sbikit.NPE(PRIOR, training=quick).fit(store)
+
+
+def test_a_partial_store_counts_and_reads_the_simulations_done(tmp_path):
+    def interrupted(theta):
+        if interrupted.calls == 3:
+            raise KeyboardInterrupt
+        interrupted.calls += 1
+        x = 2 * theta
+        x[theta[:, 0] > 0.8] = float("nan")  # recorded as invalid: done, not missing
+        return x
+
+    interrupted.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        sbikit.simulate(interrupted, PRIOR, 500, seed=0, batch_size=100, store=tmp_path / "a", **quiet())
+    planned = sbikit.simulate(faulty.noisy, PRIOR, 500, seed=0, batch_size=100, **quiet()).theta
+    # a cell that is not done between two that are (its shard quarantined, or another process's claim)
+    shard = next((tmp_path / "a" / "shards").glob("000000000100-*.npz"))
+    shard.rename(tmp_path / "a" / "quarantine" / shard.name)
+    store = open_store(tmp_path / "a")
+    index = np.r_[0:100, 200:300]
+    assert store.num_simulations == 500 and not store.complete and repr(store).endswith("done=200, seed=0)")
+    assert len(store) == len(store.theta) == len(store.x) == len(store.records["index"]) == 200
+    assert list(store.records["index"]) == list(index)
+    assert torch.equal(store.theta, planned[index])  # row i of theta and x is simulation records["index"][i]
+    invalid = store.records["status"] == "invalid"
+    assert invalid.any() and torch.equal(torch.from_numpy(invalid), planned[index, 0] > 0.8)
+    assert torch.equal(store.x[~invalid], 2 * store.theta[~invalid]) and store.x[invalid].isnan().all()
+    with pytest.raises(StoreError, match="missing 300 of 500 simulations"):
+        store.simulations()
 
 
 def test_not_a_store(tmp_path):
@@ -149,6 +178,7 @@ def test_bad_run_options_are_named(arguments, error, message):
         sbikit.simulate(faulty.noisy, PRIOR, 10, seed=0, **arguments)
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_a_structured_model_runs_on_workers_into_a_store_as_in_memory(tmp_path, monkeypatch, quick):
     monkeypatch.setenv("SBIKIT_TEST_GROUPS_RAISE", "1")  # the spawned workers inherit it
     model = faulty.groups()
@@ -241,6 +271,7 @@ def test_a_structured_store_larger_than_memory_streams_padded_rows_with_their_ma
     assert type(posterior.network.summary).__name__ == "DeepSet" and np.isfinite(posterior.history["train_loss"]).all()
 
 
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
 def test_members_of_a_store_larger_than_memory_are_drawn_shard_by_shard_as_in_memory(tmp_path, monkeypatch, quick):
     from sbikit.runs import stream as stream_module
 

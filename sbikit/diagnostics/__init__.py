@@ -7,7 +7,7 @@ returning :math:`(n, m, D)` and ``log_prob(theta, x=xs)``), simulated pairs
 readable ``repr``, its numbers as attributes, and ``plot()`` returning a matplotlib figure.
 
 - Calibration: :func:`sbc`, :func:`coverage`, :func:`tarp`, :func:`recovery`.
-- Accuracy: :func:`c2st`, :func:`ppc`.
+- Accuracy: :func:`c2st`, :func:`ppc`; a surrogate likelihood against its simulator: :func:`emulator_check`.
 - Misspecification: :func:`misspecification`, :func:`outliers`.
 - All of the standard ones at once: :func:`check`.
 - Training summaries that make misspecification detectable: :class:`MMDSummary`.
@@ -37,6 +37,7 @@ Example:
 __all__ = [
     "C2STResult",
     "CoverageResult",
+    "EmulatorResult",
     "MMDSummary",
     "MisspecificationResult",
     "OutlierResult",
@@ -48,6 +49,7 @@ __all__ = [
     "c2st",
     "check",
     "coverage",
+    "emulator_check",
     "misspecification",
     "outliers",
     "ppc",
@@ -59,6 +61,7 @@ __all__ = [
 from .c2st import C2STResult, c2st
 from .check import Report, check
 from .calibration import CoverageResult, SBCResult, coverage, sbc
+from .emulator import EmulatorResult, emulator_check
 from .misspecification import MisspecificationResult, OutlierResult, misspecification, outliers
 from .predictive import PPCResult, ppc
 from .recovery import RecoveryResult, recovery

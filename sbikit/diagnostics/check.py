@@ -102,9 +102,10 @@ def check(
 
     Arguments:
         posterior: Anything with ``sample(n, x=xs)`` :math:`\to (n, m, D)` and ``log_prob(theta, x=xs)``.
-        simulator: The simulator the posterior was trained on (a batched function, or a
-            structured model such as :class:`sbikit.MixedEffects`, then without ``prior``).
-        prior: The prior the posterior was trained under.
+        simulator: The simulator the posterior was trained on: a :class:`sbikit.Simulator` (which
+            may hold the prior), a batched function, or a structured model such as
+            :class:`sbikit.MixedEffects` (then without ``prior``).
+        prior: The prior the posterior was trained under, unless ``simulator`` holds it.
         x_obs: One observation, or a batch of them (then no posterior predictive check).
         test: Test simulations to use instead of simulating ``num_simulations`` new ones.
         num_simulations: The test simulations, drawn with ``seed``, which must differ from
@@ -122,7 +123,7 @@ def check(
         from ..runs import simulate
 
         num_simulations = check_count(num_simulations, "num_simulations")
-        if prior is None:
+        if prior is None:  # a structured model or a sbikit.Simulator holds its prior
             test = simulate(simulator, num_simulations, seed=seed, show_progress=False)
         else:
             test = simulate(simulator, prior, num_simulations, seed=seed, show_progress=False)

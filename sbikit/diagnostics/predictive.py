@@ -23,6 +23,8 @@ from torch import Tensor
 from .. import _arviz
 from .._checks import check_count
 from ..data import as_float_tensor
+from ..runs.chunk import run_chunk
+from ..simulator import Simulator
 from ._draws import check_alpha, check_posterior, sample_given
 from ._plot import panels
 
@@ -36,14 +38,22 @@ def _is_mixed_effects(simulator: object) -> bool:
 def replicable(simulator: object) -> bool:
     r"""Whether :func:`simulate_at` can run ``simulator`` at given parameters."""
 
-    return _is_mixed_effects(simulator) or (callable(simulator) and not hasattr(simulator, "run_chunk"))
+    return _is_mixed_effects(simulator) or isinstance(simulator, Simulator) or (
+        callable(simulator) and not hasattr(simulator, "run_chunk"))
 
 
 def simulate_at(simulator: object, theta: Tensor, members: int | None = None) -> Tensor:
-    r"""Simulates at given parameters :math:`(n, D)`: a batched simulator returns :math:`(n, *x\_shape)`;
-    a mixed-effects model (with ``local_prior`` and ``member_simulator``) returns ``members``
-    members per row, :math:`(n, M, L)`, or one member per row, :math:`(n, L)`, when ``members``
-    is None. Draws come from torch's global generator, which the caller seeds."""
+    r"""Simulates at given parameters :math:`(n, D)`: a :class:`sbikit.Simulator` (or a batched
+    function, taken as ``Simulator(function)``) returns :math:`(n, *x\_shape)`, with NaN rows where
+    a simulation failed; a mixed-effects model (with ``local_prior`` and ``member_simulator``)
+    returns ``members`` members per row, :math:`(n, M, L)`, or one member per row, :math:`(n, L)`,
+    when ``members`` is None. The seeds come from torch's global generator, which the caller seeds.
+
+    Raises:
+        TypeError: If ``simulator`` cannot be run at given parameters (a ``StateSpace`` model).
+        sbikit.SimulatorShapeError: If it returns another number of rows than ``theta`` has.
+        RuntimeError: If every simulation raised, with the first error.
+    """
 
     with torch.no_grad():
         if _is_mixed_effects(simulator):
@@ -54,16 +64,17 @@ def simulate_at(simulator: object, theta: Tensor, members: int | None = None) ->
             return x if members is None else x.reshape(len(theta), members, -1)
         if not replicable(simulator):
             raise TypeError(
-                "simulator must be a batched function theta (n, D) -> x (n, *x_shape), or a sbikit.MixedEffects "
-                f"model; got {type(simulator).__name__}. For a StateSpace model, pass a function that simulates "
-                "it at given parameters."
+                "simulator must be a sbikit.Simulator, a batched function theta (n, D) -> x (n, *x_shape) or a "
+                f"sbikit.MixedEffects model; got {type(simulator).__name__}. For a StateSpace model, pass a "
+                "function that simulates it at given parameters."
             )
-        x = as_float_tensor(simulator(theta), "simulator's output")
-    if x.ndim == 1:
-        x = x.unsqueeze(-1)
-    if x.shape[0] != len(theta):
-        raise ValueError(f"simulator returned {tuple(x.shape)} for {len(theta)} parameter rows; it must be batched.")
-    return x
+        simulator = simulator if isinstance(simulator, Simulator) else Simulator(simulator)
+        root = int(torch.randint(2**62, ()))
+        chunk = run_chunk(simulator.function, simulator.prior, root, 0, len(theta), theta=theta, **simulator.options)
+    if chunk.x is None:
+        first = chunk.failures[0]
+        raise RuntimeError(f"all {len(theta)} simulations raised; the first: {first.message}") from chunk.error
+    return chunk.x.unsqueeze(-1) if chunk.x.ndim == 1 else chunk.x
 
 
 def statistics(x: Tensor, is_set: bool) -> tuple[Tensor, list[str]]:
@@ -154,7 +165,7 @@ def ppc(
         posterior: Anything with ``sample(n, x=x_obs)`` :math:`\to (n, D)` (or ``sample(n)`` for a
             posterior built for ``x_obs``, with ``amortized = False``, such as NLE's); with a
             ``summarize(x)`` method too, its learned summaries are checked as well.
-        simulator: A batched simulator, :math:`(n, D) \to (n, *x\_shape)`, or a
+        simulator: A :class:`sbikit.Simulator`, a batched function :math:`(n, D) \to (n, *x\_shape)`, or a
             :class:`sbikit.MixedEffects` model (then the replicated groups have as many
             members as ``x_obs``).
         x_obs: One observation :math:`(*x\_shape)`.

@@ -1,8 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
 __all__ = [
-    "NLE_INTERVALS", "NPE_INTERVALS", "check_estimator_options", "fitted_rows", "in_memory", "linear_adjustment",
-    "network_features", "standardize", "training_data",
+    "MIN_SIMULATIONS", "NLE_INTERVALS", "NPE_INTERVALS", "SMALL_DATA", "TrainingRange", "check_estimator_options",
+    "fitted_rows", "in_memory", "linear_adjustment", "network_features", "standardize", "training_data",
 ]
 
 import math
@@ -15,6 +15,7 @@ from torch import Size, Tensor
 from torch.distributions import Distribution
 
 from ..data import Simulations
+from ..errors import OutOfRangeWarning, SmallDataWarning
 from ..priors import check_prior, in_support
 from ..train import TrainConfig, held_out
 
@@ -27,6 +28,9 @@ _MIN_SCALE = 1e-8
 # steeper walls at the edges.
 NPE_INTERVALS = "linear-0.01"
 NLE_INTERVALS = "linear"
+MIN_SIMULATIONS = 20  # fewer valid simulations are refused
+SMALL_DATA = 200  # fewer get a SmallDataWarning: the defaults were chosen at 1,000 and more (docs/design.md)
+OUT_OF_RANGE = 0.5  # how far beyond the training range, in training sds, an observation is flagged
 
 
 def check_estimator_options(
@@ -90,7 +94,10 @@ def training_data(prior: Distribution, data: object) -> Simulations:
     Raises:
         TypeError: If ``data`` is not :class:`sbikit.Simulations`.
         ValueError: If the parameters have the wrong dimension or lie outside the
-            prior's support, or fewer than two simulations are valid.
+            prior's support, or fewer than ``MIN_SIMULATIONS`` (20) simulations are valid.
+
+    Warns:
+        SmallDataWarning: If fewer than ``SMALL_DATA`` (200) simulations are valid.
     """
 
     data = in_memory(data)
@@ -106,10 +113,11 @@ def training_data(prior: Distribution, data: object) -> Simulations:
             f"pass theta of shape (N, {dim})."
         )
     valid = len(data) - data.num_invalid
-    if valid < 2:
+    if valid < MIN_SIMULATIONS:
         raise ValueError(
-            f"need at least 2 valid simulations to train, got {valid} of {len(data)}"
-            + (f" ({data.num_invalid} have NaN or inf values; see data.failures)." if data.num_invalid else ".")
+            f"need at least {MIN_SIMULATIONS} valid simulations to train, got {valid} of {len(data)}"
+            + (f" ({data.num_invalid} have NaN or inf values; see data.failures)" if data.num_invalid else "")
+            + "; simulate more."
         )
     if data.num_invalid:
         warnings.warn(
@@ -124,6 +132,13 @@ def training_data(prior: Distribution, data: object) -> Simulations:
         raise ValueError(
             f"{int(outside.sum())} rows of theta lie outside the prior's support (row {row}: "
             f"{data.theta[row].tolist()}); train on parameters drawn from this prior."
+        )
+    if valid < SMALL_DATA:
+        warnings.warn(
+            f"training on {valid} valid simulations; below {SMALL_DATA} a neural estimator is rarely calibrated. "
+            "Simulate more, and check the result with sbikit.diagnostics.check.",
+            SmallDataWarning,
+            stacklevel=3,
         )
     return data
 
@@ -199,3 +214,55 @@ def linear_adjustment(u: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     if info:  # not positive definite in float64: keep the variances only
         tril = cov.diagonal().sqrt().diag()
     return coef.float(), tril.float()
+
+
+class TrainingRange(nn.Module):
+    r"""The range of the observations an estimator was trained on, to flag those beyond it.
+
+    It keeps, per feature (the last axis, pooled over members or time steps as
+    :func:`standardize` does), the smallest and largest training value and the standard
+    deviation. (A group with more members, or a series with more steps, than any training
+    row is flagged by :func:`sbikit._checks.check_x`.) Its buffers travel in the estimator's
+    ``state_dict``; a file saved without them loads with an unbounded range, which flags nothing.
+
+    Arguments:
+        features: The number of features :math:`L` (the last axis of an observation).
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("low", torch.full((features,), -math.inf))
+        self.register_buffer("high", torch.full((features,), math.inf))
+        self.register_buffer("scale", torch.ones(features))
+
+    def fit(self, x: Tensor, mask: Tensor | None = None) -> None:
+        r"""Records the range of training observations :math:`(N, *x\_shape)` (with ``mask``
+        :math:`(N, M)` for sets and series)."""
+
+        values = (x if mask is None else x[mask]).reshape(-1, self.low.shape[0]).to(self.low)
+        self.low.copy_(values.min(0).values)
+        self.high.copy_(values.max(0).values)
+        self.scale.copy_(standardize(values)[1])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, fill in (("low", -math.inf), ("high", math.inf), ("scale", 1.0)):  # files from before the range
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), fill))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def warn(self, x: Tensor, what: str = "x", stacklevel: int = 3) -> None:
+        r"""Warns with an :class:`sbikit.OutOfRangeWarning` if an observation :math:`(*, L)` lies more
+        than half a training sd beyond a feature's training range, naming the feature and how far."""
+
+        values = x.reshape(-1, self.low.shape[0]).to(self.low)
+        beyond = torch.maximum(self.low - values, values - self.high) / self.scale
+        if beyond.numel() and float(beyond.max()) > OUT_OF_RANGE:
+            row, column = (int(i) for i in (beyond == beyond.max()).nonzero()[0])
+            warnings.warn(
+                f"{what} has feature {column} = {float(values[row, column]):.4g}, {float(beyond[row, column]):.2g} "
+                f"training sds beyond the range the estimator was trained on ([{float(self.low[column]):.4g}, "
+                f"{float(self.high[column]):.4g}]; {int((beyond > OUT_OF_RANGE).any(-1).sum())} of {len(values)} "
+                "rows are beyond it): its answer there is an extrapolation. Check the observation, or simulate "
+                "from a wider prior.",
+                OutOfRangeWarning,
+                stacklevel=stacklevel,
+            )

@@ -128,6 +128,8 @@ class HierarchicalPosterior(AmortizedPosterior):
         self.parameter_names = global_posterior.parameter_names
         self.local_names = list(local_names)
         self.network = nn.ModuleDict({"global": global_posterior.network, "local": local_posterior.network})
+        self.x_range = global_posterior.x_range  # the group is checked once, not the locals' contexts
+        local_posterior.x_range = None
         self.global_transform = global_posterior.transform
 
     @property

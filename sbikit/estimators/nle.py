@@ -70,25 +70,29 @@ import functools
 import math
 import torch
 import torch.nn as nn
+import warnings
 
 from collections.abc import Callable, Sequence
 from torch import Size, Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
 from .. import io
-from .._checks import check_count, check_theta, check_x
+from .._checks import broadcast_batch, check_count, check_theta, check_x
 from ..data import Simulations
+from ..errors import OutOfRangeWarning
 from ..flows import coupling_flow, start_at_identity, start_couplings_without_context, train_location_only
 from ..mcmc import MCMCConfig
-from ..posterior import MCMCPosterior
+from ..posterior import MCMCPosterior, PerObservationPosterior
 from ..priors import clamp_to_support, from_unconstrained, in_support, prior_fingerprint, support_bounds
 from ..runs.stream import member_rows, streamed, too_large
 from ..train import TrainConfig, fit
 from .base import (
-    NLE_INTERVALS, check_estimator_options, fitted_rows, linear_adjustment, network_features, standardize,
-    training_data,
+    NLE_INTERVALS, TrainingRange, check_estimator_options, fitted_rows, linear_adjustment, network_features,
+    standardize, training_data,
 )
+from . import support
 from .npe import LowerAffineTransform
+from .support import dequantize, from_free, outside, to_free
 
 MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
 MAX_ADJUSTED = 2048  # wider observations get no regression adjustment (its L is (X, X))
@@ -150,6 +154,12 @@ class NLENetwork(nn.Module):
         self.register_buffer("x_tril", torch.eye(size))
         self.register_buffer("context_index", torch.arange(features))  # the columns of r the flow sees
         self.register_buffer("x_discrete", torch.zeros(size))  # 1 for the columns of counts, dequantized
+        # each column's continuous range (sbikit.estimators.support), and whether the user declared it
+        self.register_buffer("x_low", torch.full((size,), -math.inf))
+        self.register_buffer("x_high", torch.full((size,), math.inf))
+        self.register_buffer("x_declared", torch.zeros(size, dtype=torch.bool))
+        self.register_buffer("x_knee", torch.ones(size))
+        self.x_range = TrainingRange(size)
 
     def forward(self, r: Tensor) -> Distribution:
         c = r[..., self.context_index]
@@ -158,18 +168,27 @@ class NLENetwork(nn.Module):
         return TransformedDistribution(self.flow(context), [shift], validate_args=False)
 
     def loss(self, r: Tensor, x: Tensor) -> Tensor:
-        r"""Returns :math:`-\log q(z | r)`, :math:`(B,)`, for flattened observations :math:`(B, X)`.
+        r"""Returns :math:`-\log q(y | r)`, :math:`(B,)`, for flattened, dequantized observations
+        :math:`y` :math:`(B, X)`, mapped onto the real line column by column
+        (:func:`~sbikit.estimators.support.to_free`) and standardized.
 
         In training mode, the columns of counts get fresh dequantization noise: the cell
-        :math:`\lfloor x \rfloor` plus a new :math:`v \sim \mathcal{U}[0, 1)`, drawn from
+        :math:`\lfloor y \rfloor` plus a new :math:`v \sim \mathcal{U}[0, 1)`, drawn from
         torch's global CPU generator (which :meth:`NLE.fit` seeds and checkpoints save).
-        In evaluation mode (validation) ``x`` is taken as it is.
+        In evaluation mode (validation) ``y`` is taken as it is.
         """
 
         if self.training and bool(self.x_discrete.any()):
-            noise = torch.rand(x.shape, dtype=x.dtype).to(x.device)
-            x = torch.where(self.x_discrete.bool(), _in_cell(x.floor(), noise), x)
-        return -self(r).log_prob((x - self.x_loc) / self.x_scale)
+            x = dequantize(x.floor(), torch.rand(x.shape, dtype=x.dtype).to(x.device), self.x_discrete)
+        return -self.log_q(r, x)
+
+    def log_q(self, r: Tensor, y: Tensor) -> Tensor:
+        r""":math:`\log q(y | r)` in the units of :math:`y` :math:`(*, X)`, broadcast against :math:`r`;
+        :math:`-\infty` where :math:`y` is outside the support's continuous range."""
+
+        w, log_det = to_free(y, self.x_low, self.x_high, self.x_knee)
+        log_q = self(r).log_prob((w - self.x_loc) / self.x_scale) - self.x_scale.log().sum() + log_det
+        return torch.nan_to_num(log_q, nan=-math.inf)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # files from before the regression on t have coefficients for u only
@@ -180,8 +199,11 @@ class NLENetwork(nn.Module):
                 state_dict.setdefault(prefix + name, getattr(self, name).clone())
         # files from before natural coordinates conditioned the flow on u
         state_dict.setdefault(prefix + "context_index", torch.arange(self.features))
-        # files from before discrete columns were dequantized treated every column as continuous
-        state_dict.setdefault(prefix + "x_discrete", torch.zeros_like(self.x_discrete))
+        # files from before discrete columns were dequantized treated every column as continuous, and
+        # files of format 4 had no bounds
+        fills = (("x_discrete", 0), ("x_low", -math.inf), ("x_high", math.inf), ("x_declared", False), ("x_knee", 1))
+        for name, fill in fills:
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), fill))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -246,16 +268,16 @@ class Likelihood(io.Saveable):
 
         Returns:
             The draws, :math:`(n, *x\_shape)` for one parameter, :math:`(n, m, *x\_shape)`
-            for a batch, on the CPU; integers in the columns of counts (see the module's description).
+            for a batch, on the CPU; always inside the support (:attr:`x_support`): integers in
+            the columns of counts (see the module's description).
         """
 
         num_samples = check_count(num_samples, "num_samples")
         u = self._theta(theta)
         net = self.network
         with torch.no_grad():
-            z = net(u).sample((num_samples,))
-            x = net.x_loc + net.x_scale * z
-            x = torch.where(net.x_discrete.bool(), x.floor(), x)  # the cell x + v falls in
+            w = net.x_loc + net.x_scale * net(u).sample((num_samples,))
+            x = from_free(w, net.x_discrete, net.x_low, net.x_high, net.x_knee)  # in the support; counts are integers
         return x.reshape(*x.shape[:-1], *self.x_shape).cpu()
 
     def log_prob(self, x: object, theta: object) -> Tensor:
@@ -276,13 +298,7 @@ class Likelihood(io.Saveable):
         x, batch = check_x(x, self.x_shape)
         self.check_counts(x)
         u = self._theta(theta)
-        try:
-            shape = torch.broadcast_shapes(u.shape[:-1], batch)
-        except RuntimeError:
-            raise ValueError(
-                f"x has batch shape {tuple(batch)} and theta has batch shape {tuple(u.shape[:-1])}, which do "
-                "not broadcast; pass theta (n, m, D) for m observations (m, *x_shape)."
-            ) from None
+        shape = broadcast_batch(u.shape[:-1], batch)
         u = u.expand(*shape, u.shape[-1]).reshape(-1, u.shape[-1])
         x = x.reshape(*batch, -1).expand(*shape, self.x_shape.numel()).reshape(len(u), -1)
         with torch.no_grad():
@@ -307,11 +323,50 @@ class Likelihood(io.Saveable):
 
     def _log_q(self, u: Tensor, x: Tensor) -> Tensor:
         r""":math:`\log q(x | u)` for standardized parameters and flattened observations with
-        broadcastable batch shapes, in the units of :math:`x`; counts at the centre of their cell."""
+        broadcastable batch shapes, in the units of :math:`x`; counts at the centre of their cell,
+        and :math:`-\infty` outside the support."""
 
         net = self.network
-        x = x.to(net.x_loc) + 0.5 * net.x_discrete
-        return net(u).log_prob((x - net.x_loc) / net.x_scale) - net.x_scale.log().sum()
+        x = x.to(net.x_loc)
+        log_q = net.log_q(u, x + 0.5 * net.x_discrete)
+        off = outside(x, net.x_discrete, net.x_low, net.x_high).any(-1)
+        return torch.where(off, -math.inf, log_q)
+
+    @property
+    def x_support(self) -> list[str]:
+        r"""Each column's support (of the flattened observation) in words, declared with
+        ``NLE(x_support=...)`` or inferred from the training data."""
+
+        net = self.network
+        return support.describe(net.x_discrete.cpu(), net.x_low.cpu(), net.x_high.cpu())
+
+    def check_support(self, x: Tensor, name: str = "x_obs") -> None:
+        r"""Checks observations :math:`(*, *x\_shape)` against the support and the training range.
+
+        Raises:
+            ValueError: If a value lies outside a declared support.
+
+        Warns:
+            OutOfRangeWarning: If a value lies outside a support inferred from the training data,
+                or beyond the training data's range (:class:`~sbikit.estimators.base.TrainingRange`).
+        """
+
+        net = self.network
+        flat = x.reshape(-1, self.x_shape.numel()).to(net.x_low)
+        off = outside(flat, net.x_discrete, net.x_low, net.x_high)
+        if not bool(off.any()):
+            net.x_range.warn(flat, name, stacklevel=3)
+        for declared in (True, False):
+            bad = off & (net.x_declared == declared)
+            if bool(bad.any()):
+                row, column = (int(i) for i in bad.nonzero()[0])
+                words = (f"{name} has the value {float(flat[row, column])!r} in column {column} (of the flattened "
+                         f"observation), outside its support, {self.x_support[column]}")
+                if declared:
+                    raise ValueError(f"{words}, declared with x_support; pass observations inside it.")
+                warnings.warn(f"{words}, inferred from the training data, where every value was inside it; "
+                              "the surrogate gives it probability 0. Declare the support with NLE(x_support=...) "
+                              "if it is wider.", OutOfRangeWarning, stacklevel=3)
 
     def trial_log_likelihood(self, u: Tensor, trials: Tensor) -> Tensor:
         r"""The log-likelihood of each trial at each parameter, differentiable in ``u``.
@@ -332,7 +387,9 @@ class Likelihood(io.Saveable):
         x = trials.reshape(1, n, -1).expand(c, n, self.x_shape.numel())
         return self._log_q(v, x).cpu()
 
-    def posterior(self, x_obs: object, mcmc: MCMCConfig | None = None) -> MCMCPosterior:
+    def posterior(
+        self, x_obs: object = None, mcmc: MCMCConfig | None = None
+    ) -> MCMCPosterior | PerObservationPosterior:
         r"""The posterior :math:`p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_i q(x_i | \theta)`,
         sampled by MCMC: independence proposals from an importance fit (a Gaussian or a
         Student-t mixture), or vectorized HMC where no fit is close (see :mod:`sbikit.mcmc`).
@@ -340,15 +397,29 @@ class Likelihood(io.Saveable):
         Arguments:
             x_obs: One observation :math:`(*x\_shape)` or :math:`N` independent trials
                 :math:`(N, *x\_shape)` of the same parameters (for mixed-effects data, the
-                :math:`N` members of one group, :math:`(N, L)`).
+                :math:`N` members of one group, :math:`(N, L)`); None for the posterior of any
+                one observation, which the diagnostics calibrate
+                (``dx.sbc(likelihood.posterior(), test)``), at one MCMC run per test observation.
             mcmc: The sampler's settings; :class:`sbikit.MCMCConfig()` by default.
 
         Returns:
-            An :class:`sbikit.MCMCPosterior`; its chains run when it is first sampled.
+            An :class:`sbikit.MCMCPosterior`, whose chains run when it is first sampled; without
+            ``x_obs``, a :class:`sbikit.PerObservationPosterior`.
+
+        Raises:
+            ValueError: If ``x_obs`` has no trials, the wrong shape, or a value outside a
+                declared support (``NLE(x_support=...)``).
+
+        Warns:
+            OutOfRangeWarning: If a value lies outside a support inferred from the training data,
+                or beyond the training data's range.
         """
 
+        if x_obs is None:
+            return PerObservationPosterior(self, mcmc)
         posterior = MCMCPosterior(self, x_obs, mcmc)
         self.check_counts(posterior.trials, "x_obs")
+        self.check_support(posterior.trials, "x_obs")
         return posterior
 
     def config(self) -> dict:
@@ -380,7 +451,7 @@ class Likelihood(io.Saveable):
     def __repr__(self) -> str:
         return (
             f"Likelihood(prior={self.prior!r}, x_shape={tuple(self.x_shape)}, "
-            f"parameter_names={self.parameter_names})"
+            f"parameter_names={self.parameter_names}, x_support={_runs(self.x_support)})"
         )
 
 
@@ -401,6 +472,15 @@ class NLE:
         max_member_rows: For mixed-effects data, the most member rows trained on.
         location_first: Whether the flow's leading element-wise layer (its conditional
             location and scale) is trained alone before the whole flow (see :meth:`fit`).
+        x_support: The support of the observations' values (flattened), as
+            :mod:`torch.distributions.constraints`: one for every value, a sequence of one per
+            value, or a dict ``{column: constraint}``; for example ``constraints.nonnegative_integer``,
+            ``constraints.integer_interval(0, 10)``, ``constraints.positive`` or
+            ``constraints.interval(0, 1)``. A value not declared is inferred from the training
+            data: integers >= 0 in every simulation are counts (``nonnegative_integer``), other
+            integers are integers, anything else is real (``Likelihood.x_support`` says which).
+            The surrogate puts all its mass inside the support: draws never leave it, and its
+            density is zero outside it.
 
     Observations of any fixed shape are flattened for the flow. For sets of members
     (``sbikit.simulate(MixedEffects(...))``), each member is a trial: the surrogate
@@ -426,6 +506,7 @@ class NLE:
         adjust: bool = True,
         max_member_rows: int = MAX_MEMBER_ROWS,
         location_first: bool = True,
+        x_support: object = None,
     ) -> None:
         self.prior, self.parameter_names = check_estimator_options(prior, flow, training, parameter_names)
         if embedding is not None and not isinstance(embedding, nn.Module):
@@ -439,6 +520,10 @@ class NLE:
         self.adjust = adjust
         self.location_first = location_first
         self.max_member_rows = check_count(max_member_rows, "max_member_rows")
+        if x_support is not None:  # checked now, against its own length; against the data's in fit
+            size = max(x_support) + 1 if isinstance(x_support, dict) and x_support else 1
+            support.parse_support(x_support, len(x_support) if isinstance(x_support, (list, tuple)) else size)
+        self.x_support = x_support
 
     def fit(self, data: Simulations) -> Likelihood:
         r"""Trains the surrogate on ``data``; rows with non-finite values are excluded. A store
@@ -479,6 +564,11 @@ class NLE:
         ``location_first=False`` gives one stage for any flow.
         """
 
+        if getattr(data, "structure", None) == "series":
+            raise TypeError(
+                "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
+                "for time series use sbikit.NPE."
+            )
         members = getattr(data, "structure", None) == "set"
         stream = None
         if members:  # each member is a trial: at most max_member_rows of them, read into memory
@@ -488,11 +578,6 @@ class NLE:
         else:
             stream = streamed(data)
         data = training_data(self.prior, data if stream is None else stream.sample())
-        if data.structure == "series":
-            raise TypeError(
-                "NLE models observations of a fixed shape, or the members of sets as i.i.d. trials; "
-                "for time series use sbikit.NPE."
-            )
         likelihood, tensors = self._build(data, fitted_rows(len(data), self.training, stream is not None))
         if stream is not None:  # standardized and adjusted on a sample; trained on every row, read in chunks
             tensors = copy.copy(stream)
@@ -512,6 +597,7 @@ class NLE:
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
         likelihood.history["members_as_trials"] = members
         likelihood.history["discrete_columns"] = int(network.x_discrete.sum())
+        likelihood.history["x_support"] = likelihood.x_support
         return likelihood
 
     def _build(self, data: Simulations, rows: Tensor | slice) -> tuple[Likelihood, tuple[Tensor, Tensor]]:
@@ -538,11 +624,17 @@ class NLE:
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
             x = data.x.reshape(len(data), -1)
-            network.x_discrete.copy_((x == x.round()).all(0))
-            x = _dequantized(network, data.theta, x)
+            declared = support.parse_support(self.x_support, x.shape[1])
+            for buffer, value in zip((network.x_discrete, network.x_low, network.x_high, network.x_declared), declared):
+                buffer.copy_(value)
+            support.infer_support(x, network.x_discrete, network.x_low, network.x_high, network.x_declared)
+            network.x_range.fit(x)
+            y = _dequantized(network, data.theta, x)
+            network.x_knee.copy_(support.knees(y[rows], network.x_low, network.x_high))
+            w = to_free(y, network.x_low, network.x_high, network.x_knee)[0]
             for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
                                          ((network.bound_loc, network.bound_scale), data.theta),
-                                         ((network.x_loc, network.x_scale), x)):
+                                         ((network.x_loc, network.x_scale), w)):
                 mean, std = standardize(values[rows])
                 loc.copy_(mean)
                 scale.copy_(std)
@@ -550,7 +642,7 @@ class NLE:
             network.context_index.copy_(context)
             r, x = _training_rows(likelihood, data.theta, data.x)
             if self.adjust and x.shape[1] <= MAX_ADJUSTED:
-                coef, tril = linear_adjustment((x[rows] - network.x_loc) / network.x_scale, r[rows][:, regressors])
+                coef, tril = linear_adjustment((w[rows] - network.x_loc) / network.x_scale, r[rows][:, regressors])
                 network.x_coef[:, regressors] = coef
                 network.x_tril.copy_(tril)
         return likelihood, (r, x)
@@ -597,20 +689,11 @@ def _dequantized(network: NLENetwork, theta: Tensor, x: Tensor) -> Tensor:
     them in memory, or a chunk of a store), not by the global random state, so that the same
     rows read again get the same :math:`v` and training stays reproducible."""
 
-    discrete = network.x_discrete.to(x)
-    if not bool(discrete.any()):
+    if not bool(network.x_discrete.any()):
         return x
     key = int((theta.double().abs().sum() * 2**20).round()) % 2**62
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(key), dtype=x.dtype)
-    return torch.where(discrete.bool(), _in_cell(x, noise), x)
-
-
-def _in_cell(cell: Tensor, noise: Tensor) -> Tensor:
-    r"""The integers ``cell`` plus ``noise`` in :math:`[0, 1)`, kept below ``cell + 1``: in
-    float32, a count above 1 plus a noise within :math:`2^{-24}` of 1 rounds up to the next
-    count, whose cell it would then fall in."""
-
-    return torch.minimum(cell + noise, torch.nextafter(cell + 1, cell))
+    return dequantize(x, noise, network.x_discrete.to(x))
 
 
 def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -619,3 +702,15 @@ def _training_rows(likelihood: Likelihood, theta: Tensor, x: Tensor) -> tuple[Te
 
     r = likelihood.standardize(likelihood.unconstrained(theta).float())
     return r, _dequantized(likelihood.network, theta, x.reshape(len(x), -1))
+
+
+def _runs(words: list[str]) -> str:
+    r"""Consecutive equal entries as one: ``['real', 'real', 'integers >= 0']`` reads
+    ``"2 x real, integers >= 0"``."""
+
+    parts, start = [], 0
+    for end in range(1, len(words) + 1):
+        if end == len(words) or words[end] != words[start]:
+            parts.append(words[start] if end - start == 1 else f"{end - start} x {words[start]}")
+            start = end
+    return ", ".join(parts)

@@ -44,8 +44,8 @@ from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
 from .base import (
-    NPE_INTERVALS, check_estimator_options, fitted_rows, linear_adjustment, network_features, standardize,
-    training_data,
+    NPE_INTERVALS, TrainingRange, check_estimator_options, fitted_rows, linear_adjustment, network_features,
+    standardize, training_data,
 )
 
 
@@ -139,6 +139,7 @@ class NPENetwork(nn.Module):
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
         self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
+        self.x_range = TrainingRange(self.x_shape[-1])
         # u = B z + L u': the regression adjustment (B has no columns for structured x)
         self.register_buffer("theta_coef", torch.zeros(features, _num_regressors(self.x_shape)))
         self.register_buffer("theta_tril", torch.eye(features))
@@ -205,6 +206,7 @@ class NPEPosterior(AmortizedPosterior):
     def __init__(self, prior: Distribution, network: NPENetwork, parameter_names: Sequence[str], specs: dict) -> None:
         self.prior = prior
         self.network = network
+        self.x_range = network.x_range
         self.x_shape = network.x_shape
         self.structure = network.structure
         self.transform = from_unconstrained(prior, specs["intervals"])
@@ -386,6 +388,7 @@ class NPE:
                 mean, std = standardize(values)
                 loc.copy_(mean)
                 scale.copy_(std)
+            network.x_range.fit(data.x, data.mask)
             u = posterior.unconstrain(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")

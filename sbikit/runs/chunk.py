@@ -37,6 +37,7 @@ from torch.distributions import Distribution
 from .randomness import RowStreams
 from .seeds import NUMPY, PRIOR, PYTHON, TORCH, mix64, simulation_seeds, stream_keys
 from ..data import Failure, as_float_tensor
+from ..errors import SimulatorShapeError
 
 # Chunks seed torch's, numpy's and random's global generators (an unbatched simulator draws from
 # them): threads of one process (Dask's threaded workers) take turns, so no chunk sees another's seeds.
@@ -241,7 +242,7 @@ class _Runner:
         out = as_float_tensor(out, "the simulator's output")
         if out.ndim == 0 or out.shape[0] != size:
             got = "a scalar" if out.ndim == 0 else f"{out.shape[0]} rows (shape {tuple(out.shape)})"
-            raise _RowCountError(
+            raise SimulatorShapeError(
                 f"the simulator returned {got} for a batch of {size} parameter sets; a batched "
                 "simulator must return one row per row of theta (pass batched=False for a function "
                 "of one parameter vector)."
@@ -254,7 +255,7 @@ class _Runner:
         began = time.perf_counter()
         try:
             out, unattributed = self._invoke(theta, seeds)
-        except _RowCountError:
+        except SimulatorShapeError:
             raise
         except Exception:  # noqa: BLE001 - a failing batch is retried row by row
             pass
@@ -311,10 +312,6 @@ def _as_rows(outputs: list, failures: list[Failure], start: int) -> Tensor | lis
         else:
             rows.append(out.reshape(1) if out.ndim == 0 else out)
     return rows
-
-
-class _RowCountError(ValueError):
-    r"""A batched simulator returned the wrong number of rows: a bug, not a failed simulation."""
 
 
 _GENERATORS = frozenset((TORCH, NUMPY, PYTHON))

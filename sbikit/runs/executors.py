@@ -154,7 +154,10 @@ def _worker_main(conn, counter, payload: bytes) -> None:
         else:
             chunk.traceback, chunk.error = _format(chunk.error), None
             reply = pickle.dumps(("ok", _to_numpy(chunk), ""), protocol=pickle.HIGHEST_PROTOCOL)
-        conn.send_bytes(reply)
+        try:
+            conn.send_bytes(reply)
+        except ConnectionError:  # the driver is gone (killed, or a Dask worker that died): no one reads it
+            return
 
 
 class WorkerError(RuntimeError):

@@ -37,6 +37,7 @@ from .store import SCHEMA, STRUCTURED_SCHEMA, Store, versions
 from .._checks import check_count
 from ..data import STATUSES, Failure, Simulations, failure_summary
 from ..priors import check_prior, prior_fingerprint
+from ..simulator import Simulator
 
 _THETA_BLOCK = 100_000  # parameters are drawn up front in blocks of this many rows
 # a record's status, as its index in sbikit.data.STATUSES
@@ -202,9 +203,9 @@ def simulate(
     num_simulations: int | None = None,
     *,
     seed: int | None = None,
-    batched: bool = True,
-    numpy: bool = False,
-    rng: bool = False,
+    batched: bool | None = None,
+    numpy: bool | None = None,
+    rng: bool | None = None,
     batch_size: int = 1000,
     show_progress: bool | None = None,
     store: str | None = None,
@@ -240,18 +241,21 @@ def simulate(
     another seed, simulator or prior is refused.
 
     Arguments:
-        simulator: A function of parameters :math:`(B, D) \to (B, *)` when
-            ``batched``, else of one parameter vector :math:`(D,) \to (*)`; or a
-            structured model (:class:`sbikit.MixedEffects`, :class:`sbikit.StateSpace`), which
+        simulator: A :class:`sbikit.Simulator`, which carries its calling convention (and
+            may carry its prior: then ``simulate(simulator, num_simulations, seed=...)``); a
+            function of parameters :math:`(B, D) \to (B, *)` when ``batched``, else of one
+            parameter vector :math:`(D,) \to (*)`, which ``batched``, ``numpy`` and ``rng``
+            make into a ``Simulator``; or a structured model (:class:`sbikit.MixedEffects`, :class:`sbikit.StateSpace`), which
             holds its prior: ``simulate(model, num_simulations, seed=...)``, with every other
             option but ``batched``, ``numpy`` and ``rng``; its sets or series come padded, with
             ``Simulations.mask``.
         prior: The prior, a distribution over :math:`(D,)` with a support.
         num_simulations: The number of simulations :math:`N`.
         seed: The root seed; fresh entropy if None (recorded in the result).
-        batched: Whether ``simulator`` takes a batch of parameter vectors.
-        numpy: Whether ``simulator`` takes numpy arrays (float64) instead of tensors.
-        rng: Whether ``simulator`` takes a second argument, its random generator(s).
+        batched: Whether ``simulator`` takes a batch of parameter vectors (default True).
+        numpy: Whether ``simulator`` takes numpy arrays (float64) instead of tensors (default False).
+        rng: Whether ``simulator`` takes a second argument, its random generator(s) (default
+            False). These three are a function's; a ``Simulator`` or a model has its own.
         batch_size: The number of simulations per chunk: per batched call, per task
             sent to a worker, and per shard of a store (a store keeps the chunk size
             it was made with).
@@ -286,21 +290,22 @@ def simulate(
         (torch.Size([10, 2]), torch.Size([10, 2]))
     """
 
-    model = None
-    if _is_model(simulator):
-        # a structured model (sbikit.MixedEffects, sbikit.StateSpace) holds its prior and draws its structure
-        model = simulator
-        if isinstance(prior, (int, np.integer)) and not isinstance(prior, bool) and num_simulations is None:
-            prior, num_simulations = None, prior  # simulate(model, 5_000)
-        if prior is not None:
-            raise TypeError(
-                f"{type(model).__name__} holds its own prior; call sbikit.simulate(model, num_simulations, ...)."
-            )
-        if not (batched and not numpy and not rng):
-            raise TypeError(f"batched, numpy and rng do not apply to a {type(model).__name__}.")
-        prior = model.prior
-    if model is None and not callable(simulator):
+    given = {k: v for k, v in (("batched", batched), ("numpy", numpy), ("rng", rng)) if v is not None}
+    model = simulator if _is_model(simulator) else None
+    if model is not None or isinstance(simulator, Simulator):
+        kind = type(simulator).__name__
+        if given:
+            raise TypeError(f"{', '.join(given)} do not apply to a {kind}, which has its own calling convention.")
+        if simulator.prior is not None:
+            if isinstance(prior, (int, np.integer)) and not isinstance(prior, bool) and num_simulations is None:
+                prior, num_simulations = None, prior  # simulate(model, 5_000)
+            if prior is not None:
+                raise TypeError(f"this {kind} holds its own prior; call sbikit.simulate(simulator, num_simulations, ...).")
+            prior = simulator.prior
+    elif not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
+    else:
+        simulator = Simulator(simulator, **given)
     if prior is None:
         raise TypeError("simulate needs a prior: sbikit.simulate(simulator, prior, num_simulations).")
     prior = check_prior(prior)
@@ -321,7 +326,9 @@ def simulate(
     if executor is not None and workers != 1:
         raise ValueError("pass workers= or executor=, not both: a Dask client brings its own workers.")
     root = root_seed(seed)
-    options = {"batched": bool(batched), "numpy": bool(numpy), "rng": bool(rng)}
+    options = {"batched": True, "numpy": False, "rng": False} if model is not None else simulator.options
+    if model is None:
+        simulator = simulator.function
     # a structured model's chunks are padded sets or series, at least `width` wide; the store records both
     structure = {} if model is None else {"structure": model.structure, "width": int(model.min_width)}
 

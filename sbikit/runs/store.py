@@ -112,11 +112,14 @@ def _differences(old: dict, new: dict) -> list[str]:
 class Store:
     r"""A simulation run on disk, read lazily; open one with :func:`open_store`.
 
-    ``len(store)`` is the run's number of simulations :math:`N`; ``store.theta``
-    :math:`(N, D)` and ``store.x`` :math:`(N, *)` are read on first access (NaN rows for
-    failed simulations, and for simulations not run yet); ``store.failures`` and
-    ``store.records`` describe every simulation. ``sbikit.NPE(prior).fit(store)``
-    trains on it.
+    ``len(store)`` is the number of simulations done :math:`n` (those that succeeded and
+    the failures recorded); ``store.num_simulations`` is the number planned :math:`N`.
+    ``store.theta`` :math:`(n, D)`, ``store.x`` :math:`(n, *)` (NaN rows for failed
+    simulations) and ``store.records`` have one row per simulation done, in index order:
+    ``store.records["index"]`` says which, and for a complete store row ``i`` is simulation
+    ``i``. They are read on first access, as the store stood then (open it again to see the
+    shards that other processes have written since); ``store.failures`` lists the failed
+    simulations. ``sbikit.NPE(prior).fit(store)`` trains on a complete store.
 
     Arguments:
         path: The run's directory.
@@ -174,6 +177,8 @@ class Store:
 
     @property
     def num_simulations(self) -> int:
+        r"""The number of simulations planned, :math:`N`; ``len(store)`` counts those done."""
+
         return int(self.manifest["num_simulations"])
 
     @property
@@ -181,7 +186,7 @@ class Store:
         return int(self.manifest["chunk_size"])
 
     def __len__(self) -> int:
-        return self.num_simulations
+        return sum(stop - start for start, stop, _ in self._listing())
 
     def _shard_files(self) -> list[tuple[int, int, Path]]:
         out = []
@@ -190,6 +195,14 @@ class Store:
             if match:
                 out.append((int(match[1]), int(match[2]), Path(entry.path)))
         return sorted(out)
+
+    def _listing(self) -> list[tuple[int, int, Path]]:
+        r"""The shards as this object first listed them, so that what it reads describes one set
+        of simulations while other processes write more."""
+
+        if "shards" not in self._cache:
+            self._cache["shards"] = self._shard_files()
+        return self._cache["shards"]
 
     def _quarantine(self, path: Path, reason: str) -> None:
         target = self.path / "quarantine" / f"{path.name}.{uuid.uuid4().hex[:6]}"
@@ -215,10 +228,13 @@ class Store:
         self._cache.clear()
 
     def done_mask(self) -> np.ndarray:
-        r"""Whether each simulation has a result in a shard, :math:`(N,)` booleans."""
+        r"""Whether each simulation has a result in a shard now, :math:`(N,)` booleans."""
 
+        return self._done(self._shard_files())
+
+    def _done(self, shards: list[tuple[int, int, Path]]) -> np.ndarray:
         done = np.zeros(self.num_simulations, dtype=bool)
-        for start, stop, _ in self._shard_files():
+        for start, stop, _ in shards:
             done[start:stop] = True
         return done
 
@@ -273,7 +289,7 @@ class Store:
     def shards(self) -> Iterator[tuple[int, int, dict]]:
         r"""Yields ``(start, stop, fields)`` for each shard, in index order."""
 
-        for start, stop, path in self._shard_files():
+        for start, stop, path in self._listing():
             yield start, stop, self._read(path)
 
     # ---- lazily read contents -------------------------------------------------------------
@@ -284,14 +300,18 @@ class Store:
 
     @property
     def theta(self) -> Tensor:
-        r"""The parameters of all :math:`N` simulations, :math:`(N, D)`."""
+        r"""The parameters of the simulations done, :math:`(n, D)`, in index order (those of
+        simulations not run yet are read with :meth:`theta_rows`)."""
 
         if "theta" not in self._cache:
-            self._cache["theta"] = torch.from_numpy(np.load(self.path / "theta.npy", allow_pickle=False))
+            planned = np.load(self.path / "theta.npy", mmap_mode="r", allow_pickle=False)
+            done = [planned[start:stop] for start, stop, _ in self._listing()]
+            self._cache["theta"] = torch.from_numpy(np.concatenate([planned[:0], *done]))
         return self._cache["theta"]
 
     def theta_rows(self, start: int, stop: int) -> Tensor:
-        r"""Parameters ``start`` to ``stop - 1``, read without loading the rest."""
+        r"""Parameters ``start`` to ``stop - 1`` of the run's :math:`N`, done or not, read without
+        loading the rest."""
 
         array = np.load(self.path / "theta.npy", mmap_mode="r", allow_pickle=False)
         return torch.from_numpy(np.array(array[start:stop]))
@@ -310,7 +330,7 @@ class Store:
         if "x" in self._cache:
             return tuple(self._cache["x"].shape[1:])
         shape, width = None, int(self.manifest["options"].get("width", 0))
-        for _, _, path in self._shard_files():
+        for _, _, path in self._listing():
             with np.load(path, allow_pickle=False) as fields:
                 if not fields["has_x"]:
                     continue
@@ -327,19 +347,14 @@ class Store:
 
         if "x" in self._cache:
             return
-        parts, end = [], 0
+        parts = []
         for start, stop, fields in self.shards():
-            if start > end:  # simulations not run yet
-                parts.append((start - end, None, None, None))
             present = bool(fields["has_x"])
 
             def read(name: str) -> Tensor | None:
                 return torch.from_numpy(fields[name]) if present and name in fields else None
 
             parts.append((stop - start, read("x"), read("mask"), read("local")))
-            end = stop
-        if end < self.num_simulations:
-            parts.append((self.num_simulations - end, None, None, None))
         try:
             x, mask, local = stack_outputs(parts, int(self.manifest["options"].get("width", 0)))
         except ValueError as error:
@@ -350,24 +365,24 @@ class Store:
 
     @property
     def x(self) -> Tensor:
-        r"""The outputs, :math:`(N, *)`: NaN rows where a simulation failed or has not run yet.
-        Sets and series are padded along their member or time axis, :math:`(N, W, L)`;
-        :attr:`mask` says which entries are present."""
+        r"""The outputs of the simulations done, :math:`(n, *)`, in the rows of :attr:`theta`: NaN
+        rows where a simulation failed. Sets and series are padded along their member or time
+        axis, :math:`(n, W, L)`; :attr:`mask` says which entries are present."""
 
         self._outputs()
         return self._cache["x"]
 
     @property
     def mask(self) -> Tensor | None:
-        r"""For sets and series, which members or time steps are present, :math:`(N, W)` (none
-        for a simulation not run yet, or lost to a timeout or a crash); None for a simulator's run."""
+        r"""For sets and series, which members or time steps are present, :math:`(n, W)` (none
+        for a simulation lost to a timeout or a crash); None for a simulator's run."""
 
         self._outputs()
         return self._cache["mask"]
 
     @property
     def theta_local(self) -> Tensor | None:
-        r"""For mixed effects, each member's local parameters, :math:`(N, W, K)`; else None."""
+        r"""For mixed effects, each member's local parameters, :math:`(n, W, K)`; else None."""
 
         self._outputs()
         return self._cache["local"]
@@ -387,9 +402,9 @@ class Store:
 
     @property
     def records(self) -> dict[str, np.ndarray]:
-        r"""One record per simulation run so far: ``index``, ``status`` (a name from
-        ``"ok"``, ``"invalid"``, ``"error"``, ``"timeout"``, ``"crashed"``), ``duration``
-        (seconds) and ``attempt``, as arrays."""
+        r"""One record per simulation done, in the rows of :attr:`theta`: ``index``, ``status``
+        (a name from ``"ok"``, ``"invalid"``, ``"error"``, ``"timeout"``, ``"crashed"``),
+        ``duration`` (seconds) and ``attempt``, as arrays."""
 
         parts = {"index": [], "status": [], "duration": [], "attempt": []}
         for start, stop, f in self.shards():
@@ -409,7 +424,7 @@ class Store:
                 same arguments to finish it).
         """
 
-        missing = int((~self.done_mask()).sum())
+        missing = int((~self._done(self._listing())).sum())
         if missing:
             raise StoreError(
                 f"{self.path} is missing {missing} of {self.num_simulations} simulations; call sbikit.simulate "
@@ -419,8 +434,7 @@ class Store:
                            structure=self.structure, theta_local=self.theta_local)
 
     def __repr__(self) -> str:
-        done = int(self.done_mask().sum())
-        return f"Store({str(self.path)!r}, n={self.num_simulations}, done={done}, seed={self.seed})"
+        return f"Store({str(self.path)!r}, n={self.num_simulations}, done={len(self)}, seed={self.seed})"
 
     # ---- claims (see sbikit.runs.claims) --------------------------------------------------
 

@@ -1,0 +1,149 @@
+r"""Benchmark of NLE and NPE on counts: the Ricker model's 50 Poisson counts (``simulators/ricker.py``).
+
+1. **Emulator.** NLE trains on :math:`N` simulations (10,000 by default) of the unbatched numpy
+   simulator with its own generator (``sbikit.Simulator(..., batched=False, numpy=True, rng=True)``).
+   At 5 parameters (prior draws, seeded), 10,000 emulator draws against 10,000 simulator draws:
+   the share of draws below zero or not integers, and for every one of the 50 counts its share
+   of zeros, mean and variance. A statistic passes where the emulator's is within 10% of the
+   simulator's or within 3 Monte Carlo standard errors of the difference, whichever is larger;
+   the table gives the worst ratio of error to that tolerance (at most 1 passes) and the C2ST
+   of :func:`sbikit.diagnostics.emulator_check`.
+2. **Posterior.** For :math:`K` observations (the classic truth :math:`(3.8, 0.3, 10)`, then
+   prior draws), the reference posterior by a particle filter on a grid
+   (:func:`ricker.reference_posterior`), against 10,000 draws of NLE's MCMC posterior and of
+   NPE's posterior trained on the same simulations: the C2ST of each, the truth's quantile
+   and the posterior sd of each parameter, and the times.
+
+Run it from the repository root, alone on the machine::
+
+    python benchmarks/counts.py                    # both tables
+    python benchmarks/counts.py --observations 1   # one posterior
+    python benchmarks/counts.py --quick            # smoke test: N = 2,000, 1 observation, 2,000 draws
+"""
+
+import argparse
+import math
+import time
+import torch
+import warnings
+
+import numpy as np
+
+import sbikit
+
+from sbikit import diagnostics as dx
+from sbikit.simulators import ricker
+
+CLASSIC = torch.tensor([3.8, 0.3, 10.0])
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def tolerance_ratio(sim: np.ndarray, emu: np.ndarray) -> dict[str, float]:
+    r"""The worst |emulator - simulator| over max(10% of the simulator's, 3 Monte Carlo standard
+    errors of the difference), per statistic, for draws :math:`(n, 50)` of each."""
+
+    n = len(sim)
+    out = {}
+    zeros_s, zeros_e = (sim == 0).mean(0), (emu == 0).mean(0)
+    se = np.sqrt((zeros_s * (1 - zeros_s) + zeros_e * (1 - zeros_e)) / n)
+    out["zeros"] = np.abs(zeros_e - zeros_s) / np.maximum(0.1 * zeros_s, 3 * se)
+    mean_s, mean_e, var_s, var_e = sim.mean(0), emu.mean(0), sim.var(0), emu.var(0)
+    se = np.sqrt((var_s + var_e) / n)
+    out["mean"] = np.abs(mean_e - mean_s) / np.maximum(0.1 * np.abs(mean_s), 3 * se)
+    m4_s, m4_e = ((sim - mean_s) ** 4).mean(0), ((emu - mean_e) ** 4).mean(0)
+    se = np.sqrt((np.maximum(m4_s - var_s**2, 0) + np.maximum(m4_e - var_e**2, 0)) / n)
+    out["variance"] = np.abs(var_e - var_s) / np.maximum(0.1 * var_s, 3 * se)
+    return {k: float(np.nanmax(v)) for k, v in out.items()}
+
+
+def emulator_rows(likelihood, simulator, theta: torch.Tensor, draws: int, seed: int) -> list[list[str]]:
+    torch.manual_seed(seed)
+    emulated = likelihood.sample(draws, theta=theta).transpose(0, 1).double().numpy()
+    check = dx.emulator_check(likelihood, simulator, theta, num_samples=min(draws, 5000), seed=seed)
+    rows = []
+    for k, t in enumerate(theta):
+        rng = np.random.default_rng(seed + k)
+        sim = np.stack([ricker.simulator(t.double().numpy(), rng) for _ in range(draws)])
+        emu = emulated[k]
+        outside = float(((emu < 0) | (emu != np.round(emu))).mean())
+        ratios = tolerance_ratio(sim, emu)
+        rows.append([", ".join(f"{v:.3g}" for v in t.tolist()), f"{(sim == 0).mean():.3f}", f"{(emu == 0).mean():.3f}",
+                     f"{outside:.4f}", f"{ratios['zeros']:.2f}", f"{ratios['mean']:.2f}", f"{ratios['variance']:.2f}",
+                     f"{check.accuracy[k]:.3f}"])
+    return rows
+
+
+def posterior_rows(likelihood, npe, observations: list[tuple[torch.Tensor, torch.Tensor]], draws: int,
+                   seed: int, quick: bool) -> list[list[str]]:
+    rows = []
+    mcmc = sbikit.MCMCConfig(show_progress=False)
+    for k, (truth, x) in enumerate(observations):
+        began = time.perf_counter()
+        reference = ricker.reference_posterior(x, draws, seed=seed, num_particles=200 if quick else 2000)
+        seconds_ref = time.perf_counter() - began
+        torch.manual_seed(seed)
+        began = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nle_draws = likelihood.posterior(x, mcmc).sample(draws)
+        seconds_nle = time.perf_counter() - began
+        began = time.perf_counter()
+        npe_draws = npe.sample(draws, x=x)
+        seconds_npe = time.perf_counter() - began
+        for name, samples, seconds in (("NLE", nle_draws, seconds_nle), ("NPE", npe_draws, seconds_npe)):
+            quantiles = (samples < truth).float().mean(0)
+            ratio = samples.std(0) / reference.std(0)
+            warned = "; ".join(sorted({type(w.message).__name__ for w in caught})) if name == "NLE" else ""
+            rows.append([str(k), name, f"{float(dx.c2st(reference, samples)):.3f}",
+                         ", ".join(f"{q:.2f}" for q in quantiles.tolist()),
+                         ", ".join(f"{r:.2f}" for r in ratio.tolist()), f"{seconds:.1f}", f"{seconds_ref:.0f}",
+                         warned or "-"])
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-simulations", type=int, default=10_000)
+    parser.add_argument("--parameters", type=int, default=5)
+    parser.add_argument("--observations", type=int, default=3)
+    parser.add_argument("--draws", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_simulations, args.parameters, args.observations, args.draws = 2000, 2, 1, 2000
+    prior = ricker.prior()
+    simulator = sbikit.Simulator(ricker.simulator, prior, batched=False, numpy=True, rng=True)
+    data = sbikit.simulate(simulator, args.num_simulations, seed=args.seed, show_progress=False)
+    config = sbikit.TrainConfig(show_progress=False, seed=args.seed, max_epochs=20 if args.quick else 200)
+    began = time.perf_counter()
+    likelihood = sbikit.NLE(prior, training=config, parameter_names=ricker.PARAMETER_NAMES).fit(data)
+    nle_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    npe = sbikit.NPE(prior, training=config, parameter_names=ricker.PARAMETER_NAMES).fit(data)
+    npe_seconds = time.perf_counter() - began
+    print(f"Ricker, {args.num_simulations} simulations (seed {args.seed}); NLE trained in {nle_seconds:.0f} s "
+          f"(best epoch {likelihood.history['best_epoch']}), NPE in {npe_seconds:.0f} s "
+          f"(best epoch {npe.history['best_epoch']}); torch threads {torch.get_num_threads()}")
+    print(f"NLE's support: {likelihood!r}\n")
+    torch.manual_seed(args.seed + 1)
+    theta = prior.sample((args.parameters,))
+    print(table(["theta", "zeros (sim)", "zeros (emu)", "outside", "zeros err/tol", "mean err/tol", "var err/tol",
+                 "C2ST"], emulator_rows(likelihood, simulator, theta, args.draws, args.seed)))
+    print()
+    observations = []
+    rng = np.random.default_rng(args.seed + 2)
+    truths = [CLASSIC] + list(prior.sample((args.observations - 1,)))
+    for truth in truths[: args.observations]:
+        observations.append((truth, torch.as_tensor(ricker.simulator(truth.double().numpy(), rng), dtype=torch.float32)))
+    print(table(["obs", "method", "C2ST", "truth quantile", "sd / reference", "seconds", "reference s", "warnings"],
+                posterior_rows(likelihood, npe, observations, args.draws, args.seed, args.quick)))
+
+
+if __name__ == "__main__":
+    main()
