@@ -38,6 +38,10 @@ residual covariance are computed before training, and the flow models
 Jacobian, which leaves the flow only the non-linear part of the simulator. The flow
 starts as the identity, at that Gaussian.
 
+Each value of :math:`x` has a support, declared or inferred (``NLE(x_support=...)``), and the
+flow learns the values mapped onto the real line by it (:mod:`sbikit.estimators.support`), so
+that draws never leave the support and the density is zero outside it.
+
 Observations whose every training value is an integer (counts) are discrete, and a
 density fitted to them piles up on the integers, where its height is arbitrary. Those
 columns are dequantized: the flow learns the density of :math:`x + v`, with
