@@ -644,12 +644,12 @@ class NLE:
                 scale.copy_(std)
             context, regressors = natural_columns(self.prior, features)
             network.context_index.copy_(context)
-            r, x = _training_rows(likelihood, data.theta, data.x)
-            if self.adjust and x.shape[1] <= MAX_ADJUSTED:
+            r = likelihood.standardize(u.float())  # the training rows: as _training_rows, from u and y at hand
+            if self.adjust and y.shape[1] <= MAX_ADJUSTED:
                 coef, tril = linear_adjustment((w[rows] - network.x_loc) / network.x_scale, r[rows][:, regressors])
                 network.x_coef[:, regressors] = coef
                 network.x_tril.copy_(tril)
-        return likelihood, (r, x)
+        return likelihood, (r, y)
 
 
 def natural_columns(prior: Distribution, features: int) -> tuple[Tensor, Tensor]:
