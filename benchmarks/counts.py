@@ -14,15 +14,24 @@ r"""Benchmark of NLE and NPE on counts: the Ricker model's 50 Poisson counts (``
    NPE's posterior trained on the same simulations: the C2ST of each, the truth's quantile
    and the posterior sd of each parameter, and the times.
 
+3. **NPE on the counts as a plain tensor** (``--series``): the same references against sbikit's
+   NPE with its default summary (an MLP), with ``summary="series"`` (the counts read as a
+   series of 50 steps: a 1-D convolutional network), and sbi's NPE with its defaults, all
+   trained on the same simulations: the C2ST, the posterior sd over the reference's, and the
+   training time.
+
 Run it from the repository root, alone on the machine::
 
-    python benchmarks/counts.py                    # both tables
+    python benchmarks/counts.py                    # tables 1 and 2
+    python benchmarks/counts.py --series           # table 3
     python benchmarks/counts.py --observations 1   # one posterior
     python benchmarks/counts.py --quick            # smoke test: N = 2,000, 1 observation, 2,000 draws
 """
 
 import argparse
 import math
+import pathlib
+import sys
 import time
 import torch
 import warnings
@@ -106,6 +115,37 @@ def posterior_rows(likelihood, npe, observations: list[tuple[torch.Tensor, torch
     return rows
 
 
+def npe_rows(prior, data, observations, draws: int, seed: int) -> list[list[str]]:
+    references = [ricker.reference_posterior(x, draws, seed=seed) for _, x in observations]
+    methods = {"sbikit NPE (default: mlp)": None, 'sbikit NPE (summary="series")': "series"}
+    trained = {}
+    for name, summary in methods.items():
+        config = sbikit.TrainConfig(show_progress=False, seed=seed)
+        began = time.perf_counter()
+        posterior = sbikit.NPE(prior, summary=summary, training=config).fit(data)
+        trained[name] = (posterior.sample, time.perf_counter() - began, posterior.history["epochs"])
+    try:
+        sys.path.insert(0, str(pathlib.Path(__file__).parent))
+        from npe import train_sbi
+
+        began = time.perf_counter()
+        sampler, epochs = train_sbi(prior, data, "maf")
+        trained["sbi NPE (default: maf)"] = (lambda n, x: sampler.one(n, x), time.perf_counter() - began, epochs)
+    except ImportError:  # sbi is in the optional bench extra
+        pass
+    rows = []
+    for name, (sample, seconds, epochs) in trained.items():
+        torch.manual_seed(seed)
+        scores, ratios = [], []
+        for (_, x), reference in zip(observations, references):
+            draws_ = sample(draws, x)
+            scores.append(float(dx.c2st(reference, draws_)))
+            ratios.append(", ".join(f"{r:.2f}" for r in (draws_.std(0) / reference.std(0)).tolist()))
+        rows.append([name, " / ".join(f"{c:.3f}" for c in scores), f"{np.mean(scores):.3f}", " | ".join(ratios),
+                     f"{seconds:.0f}", str(epochs)])
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-simulations", type=int, default=10_000)
@@ -114,12 +154,23 @@ def main(argv=None) -> None:
     parser.add_argument("--draws", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--series", action="store_true", help="table 3 only: NPE's summaries against sbi's NPE")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_simulations, args.parameters, args.observations, args.draws = 2000, 2, 1, 2000
     prior = ricker.prior()
     simulator = sbikit.Simulator(ricker.simulator, prior, batched=False, numpy=True, rng=True)
     data = sbikit.simulate(simulator, args.num_simulations, seed=args.seed, show_progress=False)
+    if args.series:
+        rng = np.random.default_rng(args.seed + 2)
+        truths = [CLASSIC] + list(prior.sample((args.observations - 1,)))
+        observations = [(t, torch.as_tensor(ricker.simulator(t.double().numpy(), rng), dtype=torch.float32))
+                        for t in truths[: args.observations]]
+        print(f"Ricker, {args.num_simulations} simulations as a plain (N, 50) tensor (seed {args.seed}); "
+              f"torch threads {torch.get_num_threads()}")
+        print(table(["method", "C2ST per observation", "mean", "sd / reference (log r, sigma, phi)", "train s",
+                     "epochs"], npe_rows(prior, data, observations, args.draws, args.seed)))
+        return
     config = sbikit.TrainConfig(show_progress=False, seed=args.seed, max_epochs=20 if args.quick else 200)
     began = time.perf_counter()
     likelihood = sbikit.NLE(prior, training=config, parameter_names=ricker.PARAMETER_NAMES).fit(data)

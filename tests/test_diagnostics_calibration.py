@@ -53,6 +53,21 @@ def test_wrong_posteriors_fail(test_pairs, scale, shift, side):
         assert not dx.tarp(posterior, test_pairs, seed=0).passed
 
 
+def test_results_say_in_words_how_large_a_miss_is_and_whether_it_matters(test_pairs):
+    exact = [dx.sbc(Analytic(), test_pairs, seed=0), dx.coverage(Analytic(), test_pairs, seed=0),
+             dx.tarp(Analytic(), test_pairs, seed=0)]
+    for result in exact:
+        assert result.verdict.startswith("no miss detected") and result.verdict in repr(result)
+    cov = dx.coverage(Analytic(0.5), test_pairs, seed=0)  # sd halved: far too confident
+    assert cov.verdict.startswith("a miss that matters") and "over-confident" in cov.verdict
+    assert f"{cov.max_gap:.3f}" in cov.verdict
+    assert "under-confident" in dx.coverage(Analytic(2.0), test_pairs, seed=0).verdict
+    sbc = dx.sbc(Analytic(0.5), test_pairs, seed=0)
+    assert sbc.verdict.startswith("a miss that matters") and f"{sbc.statistics.max():.3f}" in sbc.verdict
+    # a miss below MATERIAL_GAP that the test still detects is reported as small
+    assert dx._draws.in_words(False, 0.03, "here").startswith("a small miss")
+
+
 def test_sbc_flags_the_one_miscalibrated_parameter(test_pairs):
     class OneWide(Analytic):
         def q(self, x):

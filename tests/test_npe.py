@@ -488,6 +488,31 @@ def test_sets_are_standardized_per_feature_so_permutations_change_nothing(box3, 
     assert torch.allclose(posterior.log_prob(theta, x=x), posterior.log_prob(theta, x=shuffled), atol=1e-5)
 
 
+def test_a_named_summary_reads_plain_vectors_as_a_series_or_a_set(box3, quick, tmp_path):
+    steps = torch.arange(1.0, 9.0)
+
+    def series(theta):  # 8 steps: theta_0 is a trend, theta_1 a level
+        return theta[:, :1] * steps + theta[:, 1:2] + 0.1 * torch.randn(len(theta), 8)
+
+    data = sbikit.simulate(series, box3, 300, seed=0, show_progress=False)
+    x, theta = data.x[:2], box3.sample((5,))
+    posterior = sbikit.NPE(box3, summary="series", training=quick).fit(data)
+    assert isinstance(posterior.network.summary, sbikit.nn.ConvSummary)
+    assert posterior.sample(4, x=x[0]).shape == (4, 3) and posterior.sample(4, x=x).shape == (4, 2, 3)
+    assert not torch.allclose(posterior.log_prob(theta, x=x[0]), posterior.log_prob(theta, x=x[0].flip(0)), atol=1e-4)
+    posterior.save(tmp_path / "series.sbk")
+    loaded = sbikit.load(tmp_path / "series.sbk")
+    assert torch.allclose(loaded.log_prob(theta, x=x[0]), posterior.log_prob(theta, x=x[0]), atol=1e-5)
+    as_set = sbikit.NPE(box3, summary="set", training=quick).fit(data)
+    assert isinstance(as_set.network.summary, sbikit.nn.DeepSet)
+    shuffled = x[0][torch.randperm(8)]
+    assert torch.allclose(as_set.log_prob(theta, x=x[0]), as_set.log_prob(theta, x=shuffled), atol=1e-4)
+    with pytest.raises(ValueError, match="summary must be"):
+        sbikit.NPE(box3, summary="gru")
+    with pytest.raises(TypeError, match="summary must be"):
+        sbikit.NPE(box3, summary=3)
+
+
 def test_help_shows_the_posterior_not_torch_internals():
     import pydoc
 

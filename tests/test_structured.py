@@ -181,6 +181,18 @@ def test_sequence_networks_ignore_trailing_padding_but_not_order(make):
     assert torch.allclose(both[0], net(x[:1, :5])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [DeepSet, SetTransformer, GRUSummary, ConvSummary])
+def test_one_feature_networks_read_plain_vectors_as_members_or_steps(make):
+    torch.manual_seed(0)
+    net = make(1, 8).eval()
+    x = torch.randn(3, 11)
+    mask = torch.arange(11) < torch.tensor([[4], [11], [7]])
+    assert torch.allclose(net(x), net(x.unsqueeze(-1)), atol=1e-6)
+    assert torch.allclose(net(x, mask=mask), net(x.unsqueeze(-1), mask=mask), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(B, M, L\)"):  # two features cannot come as a vector
+        make(2, 8)(x)
+
+
 @pytest.mark.parametrize("make", SET_NETWORKS + SEQUENCE_NETWORKS, ids=["deepset", "st", "gru", "gru_mean", "conv"])
 def test_empty_rows_and_bad_masks_are_errors(make):
     net = make()

@@ -8,8 +8,8 @@ member count at a time, since an observation is then a plain :math:`(M, L)` tens
 """
 
 __all__ = [
-    "Draws", "check_alpha", "check_amortized", "check_posterior", "draw", "holm", "randomized_rank", "sample_given",
-    "test_pairs",
+    "MATERIAL_GAP", "Draws", "check_alpha", "check_amortized", "check_posterior", "draw", "holm", "in_words",
+    "randomized_rank", "sample_given", "test_pairs",
 ]
 
 import numpy as np
@@ -20,6 +20,8 @@ from torch import Tensor
 
 from .._checks import check_count
 from ..data import Simulations, as_float_tensor
+
+MATERIAL_GAP = 0.05  # a calibration miss this large or larger is reported as one that matters (docs/design.md)
 
 
 def check_posterior(posterior: object, log_prob: bool = True) -> None:
@@ -169,3 +171,17 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     out = np.empty_like(p)
     out[order] = adjusted
     return out
+
+
+def in_words(passed: bool, gap: float, what: str) -> str:
+    r"""A calibration result in words: whether a miss was detected, and whether its size, ``gap``
+    (a share of probability, for example coverage minus credibility), reaches ``MATERIAL_GAP``.
+    ``what`` says where the gap is measured, for example ``"coverage 0.84 at level 0.90"``."""
+
+    if passed:
+        return f"no miss detected (largest gap {gap:.3f}: {what})"
+    if gap < MATERIAL_GAP:
+        return (f"a small miss: largest gap {gap:.3f} ({what}), detectable with this many test "
+                f"simulations but under {MATERIAL_GAP:.2f}, so credible regions are nearly right")
+    return (f"a miss that matters: largest gap {gap:.3f} ({what}), at least {MATERIAL_GAP:.2f}, so "
+            "credible regions hold the truth noticeably more or less often than they claim")

@@ -27,7 +27,7 @@ import scipy.stats
 from dataclasses import dataclass, field
 
 from .. import _arviz
-from ._draws import Draws, check_alpha, draw, holm, randomized_rank, test_pairs
+from ._draws import Draws, check_alpha, draw, holm, in_words, randomized_rank, test_pairs
 from ._plot import LEVELS, ecdf_difference, panels
 
 
@@ -87,7 +87,15 @@ class SBCResult:
         for name, stat, p in zip(self.names, self.statistics, self.p_values):
             flag = "" if p >= self.alpha else "  <- not uniform"
             lines.append(f"  {name:{width}}  {stat:7.3f}  {p:8.3g}{flag}")
-        return "\n".join(lines)
+        return "\n".join([*lines, f"  {self.verdict}"])
+
+    @property
+    def verdict(self) -> str:
+        r"""The result in words: the largest distance between a rank ECDF and the uniform CDF
+        (the share of truths placed too high or too low among the draws) and whether it matters."""
+
+        worst = int(np.argmax(self.statistics))
+        return in_words(self.passed, float(self.statistics[worst]), f"KS distance of {self.names[worst]}'s ranks")
 
     def plot(self, figure=None):
         r"""Plots each rank's ECDF minus the uniform CDF, with arviz's simultaneous band at
@@ -197,8 +205,18 @@ class CoverageResult:
         side = "over" if np.interp(self.worst_level, self.levels, self.coverage) < self.worst_level else "under"
         return (
             f"CoverageResult(N={len(self.hpd_levels)}, max_gap={self.max_gap:.3f} at level {self.worst_level:.2f} "
-            f"({side}-confident there), passed={self.passed})\n  coverage at {shown}"
+            f"({side}-confident there), passed={self.passed})\n  coverage at {shown}\n  {self.verdict}"
         )
+
+    @property
+    def verdict(self) -> str:
+        r"""The result in words: the largest gap between coverage and credibility, on which side,
+        and whether it matters."""
+
+        held = float(np.interp(self.worst_level, self.levels, self.coverage))
+        side = "over" if held < self.worst_level else "under"
+        return in_words(self.passed, self.max_gap,
+                        f"coverage {held:.2f} at level {self.worst_level:.2f}, {side}-confident")
 
     def plot(self, figure=None):
         r"""Plots empirical against nominal coverage, with the diagonal and the band. Returns the figure."""

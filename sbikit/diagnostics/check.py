@@ -23,7 +23,8 @@ class Report:
     Attributes:
         sbc, coverage, tarp, recovery: Calibration on the test simulations.
         ppc: The posterior predictive check of ``x_obs`` (one observation), or None.
-        misspecification: The MMD test of ``x_obs``, or None without an observation.
+        misspecification: The misspecification test of ``x_obs`` (with its power), or None without
+            an observation.
         test: The test simulations.
     """
 
@@ -44,17 +45,27 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        r"""Whether SBC and coverage pass, and the misspecification test (if run) does not reject.
+        r"""Whether SBC and coverage pass, and the misspecification test (if run) neither rejects nor
+        lacks the power to reject (then ``verdict`` says "not detectable from one observation").
 
         TARP is shown but left out: each test rejects a calibrated posterior with probability
         ``alpha``, and a third one would raise the report's false alarms for little power
         (the coverage curve is the ECDF of SBC's joint rank, so those two mostly agree)."""
 
-        calibrated = self.sbc.passed and self.coverage.passed
-        return calibrated and (self.misspecification is None or not self.misspecification.rejected)
+        return self.verdict == "passed"
+
+    @property
+    def verdict(self) -> str:
+        r"""``"passed"``, ``"failed"``, or, where calibration passes and the misspecification test is
+        not rejected but had too little power to be, its ``"not detectable from one observation"``."""
+
+        mismatch = self.misspecification
+        if not (self.sbc.passed and self.coverage.passed) or (mismatch is not None and mismatch.rejected):
+            return "failed"
+        return "passed" if mismatch is None or mismatch.detectable else mismatch.verdict
 
     def __repr__(self) -> str:
-        parts = [f"Report(passed={self.passed}, test simulations={len(self.test)})"]
+        parts = [f"Report(passed={self.passed}, verdict={self.verdict!r}, test simulations={len(self.test)})"]
         for result in self.results.values():
             parts.append("  " + repr(result).replace("\n", "\n  "))
         return "\n".join(parts)
@@ -115,7 +126,8 @@ def check(
         seed: Seeds the test simulations and every draw.
 
     Returns:
-        A :class:`Report`: each result as an attribute, ``passed``, and ``plot()``.
+        A :class:`Report`: each result as an attribute, ``passed``, ``verdict`` ("passed",
+        "failed" or "not detectable from one observation"), and ``plot()``.
     """
 
     alpha = check_alpha(alpha)

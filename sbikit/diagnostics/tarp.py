@@ -24,7 +24,7 @@ import torch
 from dataclasses import dataclass, field
 
 from ..data import as_float_tensor
-from ._draws import Draws, check_alpha, draw, randomized_rank, test_pairs
+from ._draws import Draws, check_alpha, draw, in_words, randomized_rank, test_pairs
 from ._plot import LEVELS, panels
 
 
@@ -67,8 +67,16 @@ class TARPResult:
     def __repr__(self) -> str:
         return (
             f"TARPResult(N={len(self.fractions)}, atc={self.atc:+.3f}, max_gap={self.max_gap:.3f}, "
-            f"KS={self.statistic:.3f}, p_value={self.p_value:.3g}, passed={self.passed})"
+            f"KS={self.statistic:.3f}, p_value={self.p_value:.3g}, passed={self.passed})\n  {self.verdict}"
         )
+
+    @property
+    def verdict(self) -> str:
+        r"""The result in words: the largest gap between expected coverage and credibility, and
+        whether it matters."""
+
+        side = "over" if self.atc < 0 else "under"
+        return in_words(self.passed, self.max_gap, f"expected coverage, {side}-confident on balance")
 
     def plot(self, figure=None):
         r"""Plots the expected coverage probability against the credibility level. Returns the figure."""

@@ -1,8 +1,8 @@
 r"""Summary networks for time series of any length.
 
 Both networks take observations :math:`(B, T, L)` (:math:`T` time steps of
-:math:`L` features; an irregular time grid is a feature like any other) and an
-optional boolean ``mask`` :math:`(B, T)`, True where a step was observed. Steps
+:math:`L` features, or :math:`(B, T)` for one feature; an irregular time grid is a
+feature like any other) and an optional boolean ``mask`` :math:`(B, T)`, True where a step was observed. Steps
 after the last observed one (padding) change nothing. A step missing inside a
 series is seen as missing (its values are zeroed and a mask channel says so).
 """
@@ -66,7 +66,7 @@ class GRUSummary(nn.Module):
         self.out = _mlp([pooled + 1, hidden_features, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = presence_mask(x, mask, "time steps")
+        x, mask = presence_mask(x, mask, "time steps", self.config["in_features"])
         last = _last(mask)
         # run only as far as the longest series in the batch: trailing padding is never read
         steps = int(last.max()) + 1 if x.shape[0] else 0
@@ -121,7 +121,7 @@ class ConvSummary(nn.Module):
         self.out = _mlp([2 * widths[-1] + 1, 64, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = presence_mask(x, mask, "time steps")
+        x, mask = presence_mask(x, mask, "time steps", self.config["in_features"])
         weight = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
         h = _with_mask_channel(x, mask).transpose(1, 2)
         for conv in self.convs:

@@ -1,7 +1,7 @@
 r"""Summary networks for sets: exchangeable members, any number of them.
 
 Both networks take observations :math:`(B, M, L)` (:math:`M` members of
-:math:`L` features) and an optional boolean ``mask`` :math:`(B, M)` that is True
+:math:`L` features; with one feature, also :math:`(B, M)`) and an optional boolean ``mask`` :math:`(B, M)` that is True
 for members that are present. Absent (padding) members change nothing: their
 values are never read. The number of members present is an input to the
 summary (as :math:`\log(1 + M)`), so the posterior can sharpen as it grows.
@@ -25,14 +25,18 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def presence_mask(x: Tensor, mask: Tensor | None, what: str = "members") -> Tensor:
-    r"""Returns the mask :math:`(B, M)` as booleans, all True when ``mask`` is None.
+def presence_mask(x: Tensor, mask: Tensor | None, what: str = "members", features: int = 0) -> tuple[Tensor, Tensor]:
+    r"""Returns ``x`` as :math:`(B, M, L)` and the mask :math:`(B, M)` as booleans, all True when
+    ``mask`` is None. A plain batch of vectors :math:`(B, M)` is read as :math:`M` members (or
+    steps) of one feature where the network takes one (``features == 1``).
 
     Raises:
         ValueError: If ``x`` is not :math:`(B, M, L)`, the mask's shape is not
             :math:`(B, M)`, or a row has nothing present (an empty set or series).
     """
 
+    if x.ndim == 2 and features == 1:
+        x = x.unsqueeze(-1)
     if x.ndim != 3:
         raise ValueError(f"{what} must come as a batch of shape (B, M, L), got {tuple(x.shape)}.")
     if mask is None:
@@ -42,7 +46,7 @@ def presence_mask(x: Tensor, mask: Tensor | None, what: str = "members") -> Tens
     mask = mask.bool()
     if x.shape[0] and not bool(mask.any(1).all()):
         raise ValueError(f"every row needs at least one of its {what}; a row of the mask is all False.")
-    return mask
+    return x, mask
 
 
 def _log_count(mask: Tensor) -> Tensor:
@@ -87,7 +91,7 @@ class DeepSet(nn.Module):
         self.rho = _mlp([pooled_features + 1, *hidden, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = presence_mask(x, mask)
+        x, mask = presence_mask(x, mask, features=self.config["in_features"])
         weight = mask.unsqueeze(-1).to(x.dtype)
         h = self.phi(torch.where(mask.unsqueeze(-1), x, 0.0))
         pooled = (h * weight).sum(1) / weight.sum(1).clamp_min(1.0)
@@ -161,7 +165,7 @@ class SetTransformer(nn.Module):
         self.out = _mlp([features + 1, features, out_features])
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mask = presence_mask(x, mask)
+        x, mask = presence_mask(x, mask, features=self.config["in_features"])
         ignore = ~mask
         h = self.embed(torch.where(mask.unsqueeze(-1), x, 0.0))
         batch = x.shape[0]
