@@ -57,7 +57,9 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 # 4: "intervals" may name the tails' share, "linear-<eps>" (NPE's are 1% of the interval; "linear" is 5%)
 # 5: NLE keeps the support of x (x_low, x_high, x_declared, x_knee) and estimators the range of x
 #    trained on (x_range); files of 4 and below load with an unbounded support and range
-FORMAT_VERSION = 5
+# 6: NPE keeps the mean, whitening and radius of its training summaries (summary_range); files of 5
+#    and below load with an infinite radius
+FORMAT_VERSION = 6
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

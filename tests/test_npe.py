@@ -513,6 +513,29 @@ def test_a_named_summary_reads_plain_vectors_as_a_series_or_a_set(box3, quick, t
         sbikit.NPE(box3, summary=3)
 
 
+def test_an_observation_unlike_any_simulation_is_flagged_in_summary_space(tmp_path):
+    prior = sbikit.BoxUniform(-2 * torch.ones(1), 2 * torch.ones(1))
+
+    def twice(theta):  # one parameter measured twice: the two values agree to within 0.05
+        return theta.repeat(1, 2) + 0.05 * torch.randn(len(theta), 2)
+
+    data = sbikit.simulate(twice, prior, 1000, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=TrainConfig(max_epochs=10, show_progress=False)).fit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        posterior.sample(10, x=torch.tensor([[0.5, 0.52], [-1.0, -1.03]]))
+    x = torch.tensor([1.5, -1.5])  # each value inside its training range, together unlike any simulation
+    with pytest.warns(sbikit.OutOfRangeWarning, match="Mahalanobis distance of .* farthest training simulation"):
+        posterior.sample(10, x=x)
+    posterior.save(tmp_path / "posterior.sbk")
+    with pytest.warns(sbikit.OutOfRangeWarning, match="Mahalanobis"):
+        sbikit.load(tmp_path / "posterior.sbk").log_prob(torch.zeros(1), x=x)
+    # a file from before the summary range loads with an infinite radius, which flags nothing
+    state = {k: v for k, v in posterior.network.state_dict().items() if "summary_range" not in k}
+    posterior.network.load_state_dict(state)
+    assert math.isinf(float(posterior.network.summary_range.radius))
+
+
 def test_help_shows_the_posterior_not_torch_internals():
     import pydoc
 

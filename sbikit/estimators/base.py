@@ -1,7 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
 __all__ = [
-    "MIN_SIMULATIONS", "NLE_INTERVALS", "NPE_INTERVALS", "SMALL_DATA", "TrainingRange", "check_estimator_options",
+    "MIN_SIMULATIONS", "NLE_INTERVALS", "NPE_INTERVALS", "SMALL_DATA", "SUMMARY_MARGIN", "SummaryRange", "TrainingRange",
+    "check_estimator_options",
     "fitted_rows", "in_memory", "linear_adjustment", "network_features", "standardize", "training_data",
 ]
 
@@ -31,6 +32,7 @@ NLE_INTERVALS = "linear"
 MIN_SIMULATIONS = 20  # fewer valid simulations are refused
 SMALL_DATA = 200  # fewer get a SmallDataWarning: the defaults were chosen at 1,000 and more (docs/design.md)
 OUT_OF_RANGE = 0.5  # how far beyond the training range, in training sds, an observation is flagged
+SUMMARY_MARGIN = 1.5  # how far, as a multiple of the farthest training summary's distance, a summary is flagged
 
 
 def check_estimator_options(
@@ -249,9 +251,10 @@ class TrainingRange(nn.Module):
             state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), fill))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def warn(self, x: Tensor, what: str = "x", stacklevel: int = 3) -> None:
+    def warn(self, x: Tensor, what: str = "x", stacklevel: int = 3) -> bool:
         r"""Warns with an :class:`sbikit.OutOfRangeWarning` if an observation :math:`(*, L)` lies more
-        than half a training sd beyond a feature's training range, naming the feature and how far."""
+        than half a training sd beyond a feature's training range, naming the feature and how far;
+        returns whether it warned."""
 
         values = x.reshape(-1, self.low.shape[0]).to(self.low)
         beyond = torch.maximum(self.low - values, values - self.high) / self.scale
@@ -266,3 +269,66 @@ class TrainingRange(nn.Module):
                 OutOfRangeWarning,
                 stacklevel=stacklevel,
             )
+            return True
+        return False
+
+
+class SummaryRange(nn.Module):
+    r"""How far observations lie from the training data in the space of a summary network's
+    features, to flag those that are inside every feature's range yet unlike any simulation.
+
+    It keeps the mean and the whitening of the training summaries :math:`(N, F)` (the inverse
+    square root of their covariance, its eigenvalues floored at :math:`10^{-4}` of the largest),
+    and the largest of the training rows' Mahalanobis distances to the mean (the radius). A file
+    saved without its buffers loads with an infinite radius, which flags nothing.
+
+    Arguments:
+        features: The number of summary features :math:`F`.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(features))
+        self.register_buffer("whiten", torch.eye(features))
+        self.register_buffer("radius", torch.tensor(math.inf))
+
+    def distance(self, s: Tensor) -> Tensor:
+        r"""The Mahalanobis distances of summaries :math:`(*, F)` to the training mean, :math:`(*)`."""
+
+        return ((s.to(self.loc) - self.loc) @ self.whiten).norm(dim=-1)
+
+    def fit(self, s: Tensor) -> None:
+        r"""Records the training summaries :math:`(N, F)`."""
+
+        s = s.to(self.loc).double()
+        values, vectors = torch.linalg.eigh(torch.atleast_2d(torch.cov(s.T)))
+        values = values.clamp_min(1e-4 * float(values.max().clamp_min(1e-30)))
+        self.loc.copy_(s.mean(0))
+        self.whiten.copy_(vectors / values.sqrt())
+        distances = self.distance(s.float())
+        self.radius.copy_(distances.max())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("loc", "whiten"):  # files from before it
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        state_dict.setdefault(prefix + "radius", torch.tensor(math.inf))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def warn(self, s: Tensor, what: str = "x", stacklevel: int = 3) -> bool:
+        r"""Warns with an :class:`sbikit.OutOfRangeWarning` if a summary :math:`(*, F)` lies farther than
+        ``SUMMARY_MARGIN`` times the farthest training row; returns whether it warned."""
+
+        distances = self.distance(s).reshape(-1)
+        limit = float(SUMMARY_MARGIN * self.radius)
+        if distances.numel() and float(distances.max()) > limit:
+            warnings.warn(
+                f"{what} lies at a Mahalanobis distance of {float(distances.max()):.3g} from the training data "
+                f"in the space of the summaries the estimator learned, where the farthest training simulation "
+                f"lies at {float(self.radius):.3g} ({int((distances > limit).sum())} of {len(distances)} rows "
+                "are beyond it): its values are each within the training range, but together unlike any "
+                "simulation, and the answer there is an extrapolation. Check the observation and the model.",
+                OutOfRangeWarning,
+                stacklevel=stacklevel,
+            )
+            return True
+        return False

@@ -44,7 +44,7 @@ from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
 from .base import (
-    NPE_INTERVALS, TrainingRange, check_estimator_options, fitted_rows, linear_adjustment, network_features,
+    NPE_INTERVALS, SummaryRange, TrainingRange, check_estimator_options, fitted_rows, linear_adjustment, network_features,
     standardize, training_data,
 )
 
@@ -147,12 +147,14 @@ class NPENetwork(nn.Module):
         self.x_shape = Size(x_shape)
         self.structure = structure
         self.summary = summary
-        self.flow = flow(features, _summary_features(summary, self.x_shape))
+        self.flow_context = _summary_features(summary, self.x_shape)
+        self.flow = flow(features, self.flow_context)
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
         self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
         self.x_range = TrainingRange(self.x_shape[-1])
+        self.summary_range = SummaryRange(self.flow_context)
         # u = B z + L u': the regression adjustment (B has no columns for structured x)
         self.register_buffer("theta_coef", torch.zeros(features, _num_regressors(self.x_shape)))
         self.register_buffer("theta_tril", torch.eye(features))
@@ -172,6 +174,16 @@ class NPENetwork(nn.Module):
             mask = torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
         z = torch.where(mask.unsqueeze(-1), z, 0.0).reshape(-1, *z.shape[-2:])
         return self.summary(z, mask=mask.reshape(-1, z.shape[-2])).reshape(*batch, -1)
+
+    def warn(self, x: Tensor, what: str = "x", stacklevel: int = 4) -> bool:
+        r"""Warns with an :class:`sbikit.OutOfRangeWarning` where observations :math:`(*, *x\_shape)` lie
+        beyond the training data: a feature beyond its range (:class:`TrainingRange`), or else their
+        summaries far from the training summaries (:class:`SummaryRange`). Returns whether it warned."""
+
+        if self.x_range.warn(x, what, stacklevel):
+            return True
+        with torch.no_grad():
+            return self.summary_range.warn(self.embed(x), what, stacklevel)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Distribution:
         z = (x - self.x_loc) / self.x_scale  # standardized once, for the summary and the adjustment
@@ -219,7 +231,7 @@ class NPEPosterior(AmortizedPosterior):
     def __init__(self, prior: Distribution, network: NPENetwork, parameter_names: Sequence[str], specs: dict) -> None:
         self.prior = prior
         self.network = network
-        self.x_range = network.x_range
+        self.x_range = network  # its warn() checks the range of x, then the summaries' distance
         self.x_shape = network.x_shape
         self.structure = network.structure
         self.transform = from_unconstrained(prior, specs["intervals"])
@@ -372,6 +384,11 @@ class NPE:
         posterior, run = runs[chosen]
         run.advance()
         posterior.history = run.finish()
+        if data.structure is None:  # not sets or series: a shorter one than any trained on is in scope,
+            net = posterior.network  # yet its summary lies far from theirs
+            with torch.no_grad():
+                parts = [net.embed(x.to(net.x_loc.device)) for x in data.x.split(4096)]
+            net.summary_range.fit(torch.cat(parts))
         posterior.history["adjusted"] = chosen
         if len(runs) > 1:
             posterior.history["adjustment_pilot"] = {
@@ -405,13 +422,13 @@ class NPE:
             keep = fitted_rows(len(data), config, stream is not None)
             fitted = data[keep]
             fitted_u = posterior.transform.inv(clamp_to_support(fitted.theta, self.prior).double())
+            x_values = fitted.x if structure is None else fitted.x[fitted.mask]
+            if structure is None and self.summary in ("set", "series"):  # one standardization for all steps
+                x_values = x_values.reshape(-1, data.x_shape[-1] if len(data.x_shape) > 1 else 1)
             for (loc, scale), values in (
                 ((network.theta_loc, network.theta_scale), fitted_u),
-                ((network.x_loc, network.x_scale), fitted.x if structure is None else fitted.x[fitted.mask]),
+                ((network.x_loc, network.x_scale), x_values),
             ):
-                if values is not fitted_u and structure is None and self.summary in ("set", "series"):
-                    values = values.reshape(-1, data.x_shape[-1] if len(data.x_shape) > 1 else 1)  # pooled
-
                 mean, std = standardize(values)
                 loc.copy_(mean)
                 scale.copy_(std)
