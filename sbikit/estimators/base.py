@@ -1,9 +1,8 @@
 r"""What every estimator does before training: check the options and the data, standardize."""
 
 __all__ = [
-    "MIN_SIMULATIONS", "NLE_INTERVALS", "NPE_INTERVALS", "SMALL_DATA", "SUMMARY_MARGIN", "SummaryRange", "TrainingRange",
-    "check_estimator_options",
-    "fitted_rows", "in_memory", "linear_adjustment", "network_features", "standardize", "training_data",
+    "MIN_SIMULATIONS", "NLE_INTERVALS", "NPE_INTERVALS", "SMALL_DATA", "SUMMARY_MARGIN", "SummaryRange",
+    "TrainingRange", "check_estimator_options", "fitted_rows", "in_memory", "linear_adjustment", "network_features", "standardize", "training_data",
 ]
 
 import math

@@ -2,8 +2,9 @@ r"""Summary networks for time series of any length.
 
 Both networks take observations :math:`(B, T, L)` (:math:`T` time steps of
 :math:`L` features, or :math:`(B, T)` for one feature; an irregular time grid is a
-feature like any other) and an optional boolean ``mask`` :math:`(B, T)`, True where a step was observed. Steps
-after the last observed one (padding) change nothing. A step missing inside a
+feature like any other) and an optional boolean ``mask`` :math:`(B, T)`, True
+where a step was observed. Steps after the last observed one (padding) change
+nothing. A step missing inside a
 series is seen as missing (its values are zeroed and a mask channel says so).
 """
 

@@ -1,10 +1,11 @@
 r"""Summary networks for sets: exchangeable members, any number of them.
 
 Both networks take observations :math:`(B, M, L)` (:math:`M` members of
-:math:`L` features; with one feature, also :math:`(B, M)`) and an optional boolean ``mask`` :math:`(B, M)` that is True
-for members that are present. Absent (padding) members change nothing: their
-values are never read. The number of members present is an input to the
-summary (as :math:`\log(1 + M)`), so the posterior can sharpen as it grows.
+:math:`L` features, or :math:`(B, M)` for one feature) and an optional boolean
+``mask`` :math:`(B, M)` that is True for members that are present. Absent
+(padding) members change nothing: their values are never read. The number of
+members present is an input to the summary (as :math:`\log(1 + M)`), so the
+posterior can sharpen as it grows.
 """
 
 __all__ = ["DeepSet", "SetTransformer"]
@@ -25,7 +26,9 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def presence_mask(x: Tensor, mask: Tensor | None, what: str = "members", features: int = 0) -> tuple[Tensor, Tensor]:
+def presence_mask(
+    x: Tensor, mask: Tensor | None, what: str = "members", features: int = 0
+) -> tuple[Tensor, Tensor]:
     r"""Returns ``x`` as :math:`(B, M, L)` and the mask :math:`(B, M)` as booleans, all True when
     ``mask`` is None. A plain batch of vectors :math:`(B, M)` is read as :math:`M` members (or
     steps) of one feature where the network takes one (``features == 1``).
