@@ -182,6 +182,8 @@ class NPENetwork(nn.Module):
 
         if self.x_range.warn(x, what, stacklevel):
             return True
+        if not bool(torch.isfinite(self.summary_range.radius)):  # sets, series, older files: no summary pass
+            return False
         with torch.no_grad():
             return self.summary_range.warn(self.embed(x), what, stacklevel)
 
