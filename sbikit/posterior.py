@@ -219,9 +219,10 @@ class AmortizedPosterior(Posterior):
     - ``kind``, ``config()`` and ``from_config(config, **components)``, for saving.
 
     Calling the posterior, ``posterior(x)``, returns ``distribution(x)`` for a
-    checked ``x``. A subclass may set ``x_range`` (a
-    :class:`sbikit.estimators.base.TrainingRange`), and ``sample`` and ``log_prob`` then warn
-    with an :class:`sbikit.OutOfRangeWarning` where ``x`` lies beyond the training data.
+    checked ``x``. A subclass may set ``x_range``, anything with ``warn(x)`` (a
+    :class:`sbikit.estimators.base.TrainingRange`, or an NPE network, which also checks the
+    summaries), and ``sample`` and ``log_prob`` then warn with an
+    :class:`sbikit.OutOfRangeWarning` where ``x`` lies beyond the training data.
     """
 
     amortized = True

@@ -147,14 +147,14 @@ class NPENetwork(nn.Module):
         self.x_shape = Size(x_shape)
         self.structure = structure
         self.summary = summary
-        self.flow_context = _summary_features(summary, self.x_shape)
-        self.flow = flow(features, self.flow_context)
+        context = _summary_features(summary, self.x_shape)
+        self.flow = flow(features, context)
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("x_loc", torch.zeros(self.x_shape[-1:]))
         self.register_buffer("x_scale", torch.ones(self.x_shape[-1:]))
         self.x_range = TrainingRange(self.x_shape[-1])
-        self.summary_range = SummaryRange(self.flow_context)
+        self.summary_range = SummaryRange(context)
         # u = B z + L u': the regression adjustment (B has no columns for structured x)
         self.register_buffer("theta_coef", torch.zeros(features, _num_regressors(self.x_shape)))
         self.register_buffer("theta_tril", torch.eye(features))
