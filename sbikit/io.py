@@ -59,7 +59,10 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 #    trained on (x_range); files of 4 and below load with an unbounded support and range
 # 6: NPE keeps the mean, whitening and radius of its training summaries (summary_range); files of 5
 #    and below load with an infinite radius
-FORMAT_VERSION = 6
+# 7: NPE(bounds="truncate") truncates its flow to a bounded prior's box (intervals "truncated", box_low,
+#    box_high);
+#    files of 6 and below load untruncated, with the map they name
+FORMAT_VERSION = 7
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

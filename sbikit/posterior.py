@@ -21,7 +21,7 @@ HMC) for any likelihood that follows its contract.
 
 __all__ = [
     "AmortizedPosterior", "MCMCPosterior", "PerObservationPosterior", "Posterior", "SupportMappedDistribution",
-    "clamp_to_support",
+    "clamp_to_support", "draw",
 ]
 
 import abc
@@ -37,17 +37,66 @@ import warnings
 
 from concurrent.futures import ThreadPoolExecutor
 from torch import Size, Tensor
-from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
+from torch.distributions import Distribution, Independent, Normal, Transform, TransformedDistribution, constraints
 from tqdm.auto import tqdm
 from typing import ClassVar
 from zuko.distributions import NormalizingFlow
 
 from ._checks import broadcast_batch, check_count, check_theta, check_x
-from .errors import SamplingError
+from .errors import OutOfRangeWarning, SamplingError
 from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from .priors import clamp_to_support, in_support
 from .proposals import _PSEUDO, spread_points
+
+
+_PILOT_DRAWS = 256  # draws per observation that tell whether a truncated flow's mass inside its box is 1
+_INSIDE_DRAWS = 4096  # draws per observation that estimate that mass where it is not
+_MIN_ACCEPTANCE = 1e-3  # rejection gives up on an observation whose flow puts less inside its box
+_DRAW_BUDGET = 2**22  # numbers per round of rejection or of estimating the mass inside
+
+
+def _layers(d: Distribution) -> tuple[Distribution, list]:
+    r"""The distribution whose draws are the randomness of a sample of ``d``, and the maps that turn
+    them into draws of ``d``, innermost first: through torch's transformed distributions and zuko's
+    normalizing flows; any other distribution is its own noise."""
+
+    maps = []
+    while True:
+        if isinstance(d, TransformedDistribution):
+            maps.extend(reversed(d.transforms))
+            d = d.base_dist
+        elif isinstance(d, NormalizingFlow):
+            maps.append(d.transform.inv)
+            d = d.base
+        else:
+            return d, maps[::-1]
+
+
+def draw(d: Distribution, sample_shape: Size = Size(), generator: torch.Generator | None = None) -> Tensor:
+    r"""Draws ``d.sample(sample_shape)`` (without gradients), taking the random numbers from
+    ``generator`` (a CPU generator) where the innermost distribution (see :func:`_layers`) is a
+    normal one, as a flow's base is, and from torch's global generator otherwise or when None.
+
+    Example:
+        >>> d = torch.distributions.Normal(torch.zeros(2), 1.0)
+        >>> g = lambda: torch.Generator().manual_seed(0)
+        >>> torch.equal(draw(d, (3,), g()), draw(d, (3,), g()))
+        True
+    """
+
+    base, maps = _layers(d)
+    inner = base.base_dist if isinstance(base, Independent) else base
+    with torch.no_grad():
+        if generator is None or not isinstance(inner, Normal):
+            u = base.sample(sample_shape)
+        else:
+            shape = Size(sample_shape) + base.batch_shape + base.event_shape
+            noise = torch.randn(shape, generator=generator, dtype=inner.loc.dtype).to(inner.loc.device)
+            u = inner.loc + inner.scale * noise
+        for layer in maps:
+            u = layer(u)
+    return u
 
 
 class SupportMappedDistribution(Distribution):
@@ -58,24 +107,43 @@ class SupportMappedDistribution(Distribution):
     The map runs in float64 on the CPU and samples are kept strictly inside a
     box-shaped support, so they never leave it, whatever device the flow is on.
 
+    With a ``box``, :math:`q` is truncated to it (where :math:`T` maps a bounded interval
+    affinely, see :func:`sbikit.priors.from_unconstrained`): draws are taken by rejection, and
+    the density is divided by :math:`Z(x)`, the mass of :math:`q` inside the box, estimated
+    once per observation from draws of a generator seeded 0 (see :meth:`log_mass`; so
+    ``log_prob`` is deterministic, and normalized up to that estimate's error, a relative
+    :math:`\sqrt{(1 - Z) / 4096 Z}`). An observation for which :math:`q` puts less than 0.1%
+    of its mass inside gets an :class:`sbikit.OutOfRangeWarning`, and the draws rejection could
+    not find are draws of :math:`q` moved onto the support's boundary.
+
     Arguments:
         base: The distribution :math:`q(u | x)`, batch shape :math:`(*)`.
         loc: The standardization mean :math:`\mu`, :math:`(D,)`.
         scale: The standardization scale :math:`\sigma`, :math:`(D,)`.
         transform: The map :math:`T` from unconstrained space to the support.
         prior: The prior, whose support bounds the samples.
+        box: The bounds ``(low, high)``, each :math:`(D,)`, of the region of standardized
+            :math:`u` that :math:`q` is truncated to (infinite where unbounded), or None.
+        subset: For a ``box``, a function from indices of the flattened batch to :math:`q` for
+            those observations alone, so that rejection draws only where more are needed.
     """
 
     arg_constraints = {}
     has_rsample = False
 
-    def __init__(self, base: Distribution, loc: Tensor, scale: Tensor, transform: Transform, prior) -> None:
+    def __init__(self, base: Distribution, loc: Tensor, scale: Tensor, transform: Transform, prior,
+                 box: tuple[Tensor, Tensor] | None = None, subset=None) -> None:
         self.base = base
         self.device = loc.device
         self.loc = loc.detach().cpu().double()
         self.scale = scale.detach().cpu().double()
         self.transform = transform
         self.prior = prior
+        if box is not None and not bool(torch.isfinite(torch.cat(box)).any()):
+            box = None
+        self.box = None if box is None else tuple(b.detach().to(self.device, torch.float32) for b in box)
+        self.subset = subset
+        self._log_mass: Tensor | None = None
         # a point inside the support stands in for rows outside it, whose density is 0
         self.anchor = transform(torch.zeros(base.event_shape, dtype=torch.float64)).float()
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
@@ -84,41 +152,90 @@ class SupportMappedDistribution(Distribution):
     def support(self) -> constraints.Constraint:
         return self.prior.support
 
-    def sample(self, sample_shape: Size = Size()) -> Tensor:
-        return self.from_noise(self.noise(sample_shape))
+    def sample(self, sample_shape: Size = Size(), generator: torch.Generator | None = None) -> Tensor:
+        r"""Draws parameters :math:`(*sample\_shape, *, D)` on the CPU, with the random numbers of
+        ``generator`` where given (see :func:`draw`)."""
 
-    def _layers(self) -> tuple[Distribution, list]:
-        r"""The distribution whose draws are the randomness of a sample, and the maps that
-        turn them into :math:`u`, innermost first: through torch's transformed distributions
-        and zuko's normalizing flows; any other distribution is its own noise."""
-
-        d, maps = self.base, []
-        while True:
-            if isinstance(d, TransformedDistribution):
-                maps.extend(reversed(d.transforms))
-                d = d.base_dist
-            elif isinstance(d, NormalizingFlow):
-                maps.append(d.transform.inv)
-                d = d.base
-            else:
-                return d, maps[::-1]
-
-    def noise(self, sample_shape: Size = Size()) -> Tensor:
-        r"""Draws the random numbers of ``sample(sample_shape)``; :meth:`from_noise` maps them
-        to parameters without drawing any more, so that the two may run in different threads."""
-
-        with torch.no_grad():
-            return self._layers()[0].sample(sample_shape)
-
-    def from_noise(self, noise: Tensor) -> Tensor:
-        r"""Maps the draws of :meth:`noise` to parameters :math:`\theta`, on the CPU."""
-
-        with torch.no_grad():
-            u = noise
-            for layer in self._layers()[1]:
-                u = layer(u)
-            u = u.cpu().double()
+        sample_shape = Size(sample_shape)
+        if self.box is None:
+            u = draw(self.base, sample_shape, generator)
+        else:
+            n = sample_shape.numel()
+            u = self._inside(n, generator).reshape(sample_shape + self.batch_shape + self.event_shape)
+        u = u.cpu().double()
         return clamp_to_support(self.transform(self.loc + self.scale * u).float(), self.prior)
+
+    def _is_inside(self, u: Tensor) -> Tensor:
+        return ((u > self.box[0]) & (u < self.box[1])).all(-1)
+
+    def _inside(self, n: int, generator: torch.Generator | None) -> Tensor:
+        r"""``n`` draws of :math:`q` truncated to the box for each observation, :math:`(n, m, D)`
+        for the :math:`m` observations of the flattened batch, by rejection."""
+
+        m, dim = max(1, self.batch_shape.numel()), self.event_shape[-1]
+        out = torch.empty(n, m, dim, device=self.device)
+        filled, tried = torch.zeros(m, dtype=torch.long, device=self.device), torch.zeros(m, device=self.device)
+        rows, give_up = torch.arange(m, device=self.device), []
+        while len(rows):
+            rate = ((filled[rows] + 1) / (tried[rows] + 1)).clamp_min(_MIN_ACCEPTANCE)
+            k = int(((n - filled[rows]) / rate).max()) * 11 // 10 + 16
+            k = max(1, min(k, _DRAW_BUDGET // (len(rows) * dim)))
+            if self.subset is None or len(rows) == m:
+                u = draw(self.base, (k,), generator).reshape(k, m, dim)[:, rows]
+            else:
+                u = draw(self.subset(rows), (k,), generator).reshape(k, len(rows), dim)
+            inside = self._is_inside(u)
+            place = filled[rows] + inside.cumsum(0) - 1  # where each draw inside goes, (k, r)
+            keep = inside & (place < n)
+            out[place[keep], rows.expand(k, -1)[keep]] = u[keep]
+            filled[rows] = (filled[rows] + inside.sum(0)).clamp_max(n)
+            tried[rows] += k
+            hopeless = (tried[rows] * _MIN_ACCEPTANCE >= max(n, 100)) & (filled[rows] < n)
+            for row in rows[hopeless].tolist():  # what rejection cannot find: draws of q, moved onto the box
+                give_up.append(row)
+                one = self.base if self.subset is None else self.subset(torch.tensor([row], device=self.device))
+                rest = n - int(filled[row])
+                out[int(filled[row]):, row] = draw(one, (rest,), generator).reshape(rest, -1, dim)[
+                    :, row if self.subset is None else 0]
+                filled[row] = n
+            rows = rows[filled[rows] < n]
+        if give_up:
+            warnings.warn(
+                f"The posterior puts less than {_MIN_ACCEPTANCE:.1%} of its mass inside the prior's support for "
+                f"{len(give_up)} of {m} observations (at indices {give_up[:5]} of the batch), which lie far from "
+                "what it was trained on; draws it could not find inside were moved onto the support's boundary.",
+                OutOfRangeWarning, stacklevel=4,
+            )
+        return out
+
+    def log_mass(self) -> Tensor:
+        r"""The log of :math:`Z(x)`, the mass of :math:`q` inside the box, :math:`(*)`, in float64
+        on the CPU (0 without a box). Where all of 256 draws lie inside, :math:`Z` is taken as 1
+        (then :math:`Z > 0.988` with 95% confidence); elsewhere it is the share inside of 4,096."""
+
+        if self.box is None:
+            return torch.zeros(self.batch_shape, dtype=torch.float64)
+        if self._log_mass is None:
+            m, dim = max(1, self.batch_shape.numel()), self.event_shape[-1]
+            generator = torch.Generator().manual_seed(0)
+            pilot = self._share_inside(self.base, m, _PILOT_DRAWS, generator)
+            mass = torch.ones(m, dtype=torch.float64)
+            rows = (pilot < 1).nonzero().squeeze(-1)
+            if len(rows):
+                base = self.base if self.subset is None else self.subset(rows.to(self.device))
+                share = self._share_inside(base, m if self.subset is None else len(rows), _INSIDE_DRAWS, generator)
+                mass[rows] = share[rows] if self.subset is None else share
+            self._log_mass = mass.clamp_min(1 / _INSIDE_DRAWS).log().reshape(self.batch_shape)
+        return self._log_mass
+
+    def _share_inside(self, base: Distribution, m: int, draws: int, generator: torch.Generator) -> Tensor:
+        dim, count, done = self.event_shape[-1], torch.zeros(m, dtype=torch.float64), 0
+        step = max(1, min(draws, _DRAW_BUDGET // (m * dim)))
+        while done < draws:
+            k = min(step, draws - done)
+            count += self._is_inside(draw(base, (k,), generator).reshape(k, m, dim)).sum(0).cpu()
+            done += k
+        return count / draws
 
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = theta.cpu()
@@ -128,7 +245,7 @@ class SupportMappedDistribution(Distribution):
         jacobian = self.transform.log_abs_det_jacobian(unconstrained, safe)
         u = (unconstrained - self.loc) / self.scale
         log_q = self.base.log_prob(u.to(device=self.device, dtype=torch.float32)).cpu().double()
-        log_p = log_q - self.scale.log().sum() - jacobian
+        log_p = log_q - self.scale.log().sum() - jacobian - self.log_mass()
         return torch.where(inside, log_p, -math.inf).float()
 
 
@@ -143,24 +260,24 @@ def _sample_chunks(distributions: list[Distribution], num_samples: int, device: 
 
     On a CPU with several threads, the chunks run in parallel Python threads, each
     with one intra-op thread: many of a flow's element-wise operations are too small
-    for torch to split, so this uses the cores where torch's own threads idle. The
-    random numbers are drawn in this thread, chunk by chunk, in order, so the draws
-    are the same whatever the number of threads.
+    for torch to split, so this uses the cores where torch's own threads idle. Each
+    chunk draws from a generator seeded by torch's global generator in this thread,
+    chunk by chunk, in order, so the draws are the same whatever the number of threads.
     """
 
-    threads = min(torch.get_num_threads(), len(distributions)) if device.type == "cpu" else 1
-    if threads < 2 or not all(isinstance(d, SupportMappedDistribution) for d in distributions):
+    if not all(isinstance(d, SupportMappedDistribution) for d in distributions):
         return torch.cat([d.sample((num_samples,)) for d in distributions], dim=1)
+    seeds = torch.randint(2**62, (len(distributions),)).tolist()
+    sample = lambda d, seed: d.sample((num_samples,), torch.Generator().manual_seed(seed))  # noqa: E731
+    threads = min(torch.get_num_threads(), len(distributions)) if device.type == "cpu" else 1
+    if threads < 2:
+        return torch.cat([sample(d, seed) for d, seed in zip(distributions, seeds)], dim=1)
     with _THREAD_COUNT:
         intra_op = torch.get_num_threads()
         torch.set_num_threads(1)  # threads made from here on start with one intra-op thread
         try:
             with ThreadPoolExecutor(threads) as pool:
-                parts = []
-                for start in range(0, len(distributions), threads):
-                    wave = distributions[start : start + threads]
-                    noises = [d.noise((num_samples,)) for d in wave]
-                    parts.extend(pool.map(lambda d, e: d.from_noise(e), wave, noises))
+                parts = list(pool.map(sample, distributions, seeds))
         finally:
             torch.set_num_threads(intra_op)
     return torch.cat(parts, dim=1)

@@ -38,21 +38,22 @@ from torch.distributions import (
 from torch.distributions.transforms import CatTransform, IndependentTransform
 
 # How intervals are mapped: "sigmoid" (files of format <= 2), "linear" (LinearTailsTransform with tails
-# on 5% of the interval at each edge, files of format 3), or "linear-<eps>" (tails on that share).
-SUPPORT_MAPS = ("linear", "sigmoid", "linear-<eps>")
+# on 5% of the interval at each edge, files of format 3), "linear-<eps>" (tails on that share), or
+# "truncated" (affinely onto [-1/2, 1/2], not onto the line: a density there must be truncated to it).
+SUPPORT_MAPS = ("linear", "sigmoid", "linear-<eps>", "truncated")
 _LINEAR_EPS = 0.05  # the tails of "linear"
 
 
-def _tails(intervals: object) -> float | None:
+def _tails(intervals: object) -> float | str | None:
     r"""The share of the interval in each tail for a ``"linear"`` or ``"linear-<eps>"`` map; None for
-    ``"sigmoid"``.
+    ``"sigmoid"``; ``"truncated"`` for that map.
 
     Raises:
         ValueError: If ``intervals`` names no map.
     """
 
-    if intervals == "sigmoid":
-        return None
+    if intervals in ("sigmoid", "truncated"):
+        return None if intervals == "sigmoid" else intervals
     if intervals == "linear":
         return _LINEAR_EPS
     if isinstance(intervals, str) and intervals.startswith("linear-"):
@@ -320,6 +321,8 @@ def _to_support(support: constraints.Constraint, intervals: str) -> Transform:
     interval = (type(constraints.interval(0.0, 1.0)), type(constraints.half_open_interval(0.0, 1.0)))
     if isinstance(support, interval):
         low, high = support.lower_bound, support.upper_bound
+        if eps == "truncated":
+            return AffineTransform(low + 0.5 * (high - low), high - low)
         return ComposeTransform([LinearTailsTransform(eps), AffineTransform(low, high - low)])
     return biject_to(support)
 
@@ -333,6 +336,9 @@ def from_unconstrained(prior: Distribution, intervals: str = "linear") -> Transf
     each edge (``intervals="linear-<eps>"``; ``"linear"`` is ``eps = 0.05``), or by the
     logistic function (``"sigmoid"``, as in files of format 2 and before); every other
     support by :func:`torch.distributions.biject_to` (``exp`` for positive reals).
+    ``"truncated"`` maps an interval affinely onto :math:`[-\tfrac12, \tfrac12]` instead: ``T``
+    is then no bijection onto the support, and a density over :math:`u` must be truncated to
+    that box (as :class:`sbikit.NPE` does with ``bounds="truncate"``).
 
     The transform acts on whole vectors (``event_dim == 1``), so its
     ``log_abs_det_jacobian`` has shape :math:`(*)` for inputs :math:`(*, D)`.

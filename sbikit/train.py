@@ -5,7 +5,10 @@ returns one loss per row, :math:`(B,)`, and optionally a method ``batch_loss(*te
 that returns one scalar for the whole batch (a term that is not a sum over rows, such as
 an MMD penalty on summaries). :func:`fit` minimizes the mean of the first plus the
 second over mini-batches sliced from in-memory tensors, holds out a validation split, stops
-early and restores the weights with the best validation loss.
+early and restores the weights with the best validation loss. A module whose loss draws
+random numbers takes them from its attribute ``generator``, where it has one: training sets
+it to the run's generator (seeded by ``TrainConfig.seed`` and checkpointed), and each
+validation pass to a fresh generator seeded 0, so that epochs are compared on the same draws.
 """
 
 __all__ = ["TrainConfig", "Schedule", "Training", "fit"]
@@ -307,6 +310,11 @@ def best_validation(history: dict) -> str:
     return f"{history['validation_loss'][epoch]:.4f} at epoch {epoch}"
 
 
+def _lend(module: nn.Module, generator: torch.Generator | None) -> None:
+    if hasattr(module, "generator"):
+        module.generator = generator
+
+
 def _mean_loss(module: nn.Module, tensors: list[Tensor], batch_size: int) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
@@ -429,7 +437,10 @@ class Training:
     def _validation_loss(self) -> float:
         r"""The module's mean loss over the validation rows, in large chunks."""
 
-        return _mean_loss(self.module, self.val, max(self.batch_size, 1024))
+        _lend(self.module, torch.Generator().manual_seed(0))
+        loss = _mean_loss(self.module, self.val, max(self.batch_size, 1024))
+        _lend(self.module, None)
+        return loss
 
     def _validate_start(self) -> None:
         r"""Makes the starting weights the first candidate for the weights kept.
@@ -451,6 +462,7 @@ class Training:
         module, config, history = self.module, self.config, self.history
         epoch = history["epochs"]
         module.train()
+        _lend(module, self.generator)
         total, count = 0.0, 0
         for batch in self._batches():
             loss = module.loss(*batch).mean() + _batch_term(module, batch)

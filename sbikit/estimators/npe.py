@@ -39,8 +39,8 @@ from .. import io
 from ..data import Simulations
 from ..flows import coupling_flow
 from ..nn import MLP, ConvSummary, DeepSet, GRUSummary
-from ..posterior import AmortizedPosterior, SupportMappedDistribution
-from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint
+from ..posterior import AmortizedPosterior, SupportMappedDistribution, draw
+from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint, support_bounds
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
 from .base import (
@@ -49,6 +49,9 @@ from .base import (
 )
 
 
+TRUNCATION_DRAWS = 8  # draws per row for the gradient of a truncated flow's log mass inside its box
+VALIDATION_DRAWS = 64  # draws per row for that log mass in the validation loss
+BOUNDS = ("truncate", "map")
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
 ADJUSTMENT_PILOT = 0.1  # the share of the schedule over which adjust="auto" races the two models
 
@@ -158,6 +161,10 @@ class NPENetwork(nn.Module):
         # u = B z + L u': the regression adjustment (B has no columns for structured x)
         self.register_buffer("theta_coef", torch.zeros(features, _num_regressors(self.x_shape)))
         self.register_buffer("theta_tril", torch.eye(features))
+        # the box of u that q is truncated to (see NPE's bounds="truncate"); unbounded: not truncated
+        self.register_buffer("box_low", torch.full((features,), -math.inf))
+        self.register_buffer("box_high", torch.full((features,), math.inf))
+        self.generator: torch.Generator | None = None  # the draws of the loss's truncation term
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         r"""Summarizes observations :math:`(*, *x\_shape) \to (*, F)`; for sets and series,
@@ -194,15 +201,53 @@ class NPENetwork(nn.Module):
         return TransformedDistribution(q, [LowerAffineTransform(shift, self.theta_tril)], validate_args=False)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # files from format 2 predate the regression adjustment: no adjustment is B = 0, L = I
-        for name in ("theta_coef", "theta_tril"):
+        # files from format 2 predate the regression adjustment (no adjustment is B = 0, L = I), and
+        # files before format 7 the truncation (no box)
+        for name in ("theta_coef", "theta_tril", "box_low", "box_high"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        r"""Returns :math:`-\log q(u | x)`, :math:`(B,)`, for standardized :math:`u`."""
+    @property
+    def truncated(self) -> bool:
+        r"""Whether :math:`q` is truncated to a box of :math:`u` (``box_low``, ``box_high``)."""
 
-        return -self(x, mask).log_prob(u)
+        return bool(torch.isfinite(self.box_low).any() or torch.isfinite(self.box_high).any())
+
+    def loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        r"""Returns :math:`-\log q(u | x)`, :math:`(B,)`, for standardized :math:`u`.
+
+        Truncated to a box, the density is :math:`q(u | x) / Z(x)` with :math:`Z(x)` the mass
+        of :math:`q` inside the box. In evaluation mode the loss is then
+        :math:`-\log q(u | x) + \log \hat Z(x)`, with :math:`\hat Z` from 64 draws per row
+        (``VALIDATION_DRAWS``). In training mode it adds a term whose gradient is an estimate
+        of :math:`\nabla \log Z(x) = \mathbb{E}_{q \text{ truncated}}[\nabla \log q(u' | x)]`
+        from 8 draws :math:`u'_j` per row (``TRUNCATION_DRAWS``):
+        :math:`\sum_j w_j \log q(u'_j | x)` with :math:`w_j = (1_j / \hat Z - 1) / 8`, where
+        :math:`1_j` says whether :math:`u'_j` is inside and :math:`\hat Z` is their mean. The
+        weights sum to 0, so a row whose draws all lie inside adds nothing, and only rows with
+        draws outside are evaluated again. The draws come from ``generator`` (a
+        :class:`torch.Generator`, which :class:`sbikit.train.Training` sets), or from one
+        seeded 0.
+        """
+
+        q = self(x, mask)
+        nll = -q.log_prob(u)
+        if not self.truncated:
+            return nll
+        k = TRUNCATION_DRAWS if self.training else VALIDATION_DRAWS
+        generator = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
+        draws = draw(q, (k,), generator)
+        inside = ((draws > self.box_low) & (draws < self.box_high)).all(-1).to(nll.dtype)
+        mass = inside.mean(0).clamp_min(1 / k)
+        if not self.training:
+            return nll + mass.log()
+        leaky = (inside < 1).any(0)
+        if not bool(leaky.any()):
+            return nll
+        weights = inside[:, leaky] / mass[leaky] - 1
+        q_leaky = self(x[leaky], None if mask is None else mask[leaky])
+        term = (weights * q_leaky.log_prob(draws[:, leaky])).mean(0)
+        return nll + torch.zeros_like(nll).index_put((leaky.nonzero().squeeze(-1),), term)
 
     def batch_loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor | float:
         r"""The summary network's term over the whole batch, ``summary.penalty(features)`` (for
@@ -243,7 +288,12 @@ class NPEPosterior(AmortizedPosterior):
 
     def distribution(self, x: Tensor) -> Distribution:
         net = self.network
-        return SupportMappedDistribution(net(x), net.theta_loc, net.theta_scale, self.transform, self.prior)
+        q = net(x)
+        if not net.truncated:
+            return SupportMappedDistribution(q, net.theta_loc, net.theta_scale, self.transform, self.prior)
+        rows = x.reshape(q.batch_shape.numel(), *x.shape[len(q.batch_shape):])
+        return SupportMappedDistribution(q, net.theta_loc, net.theta_scale, self.transform, self.prior,
+                                         box=(net.box_low, net.box_high), subset=lambda i: net(rows[i.to(x.device)]))
 
     def summarize(self, x: object) -> Tensor:
         r"""Returns what the flow learns from observations :math:`(*, *x\_shape) \to (*, F)`, on
@@ -323,6 +373,17 @@ class NPE:
             costs at most 1.1 trainings, in exchange for the adjustment's large gain where
             the posterior's location is close to linear in :math:`x`, without its
             loss where it is far from linear.
+        bounds: How the flow respects parameters bounded on both sides (a box prior).
+            ``"map"`` (the default) maps each interval onto the line
+            (:class:`sbikit.priors.LinearTailsTransform`, tails on 1% of it at each edge), with
+            an exact density and one draw per sample. ``"truncate"`` maps each interval
+            affinely and truncates the flow to the box: the flow is trained by the truncated
+            density's likelihood (see :meth:`NPENetwork.loss`), draws are taken by rejection,
+            and ``log_prob`` is normalized by a Monte Carlo estimate of the mass inside. A
+            posterior cut off by the box then needs no cliff in the flow, where the map made it
+            too wide and miscalibrated (``docs/design.md``), at about three times the training
+            time where many posteriors reach a bound. Parameters bounded on one side (``exp``)
+            or none are mapped either way.
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -341,6 +402,7 @@ class NPE:
         training: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
         adjust: bool | str = "auto",
+        bounds: str = "map",
     ) -> None:
         self.prior, names = check_estimator_options(prior, flow, training, parameter_names)
         if isinstance(summary, str) and summary not in SUMMARIES:
@@ -354,6 +416,9 @@ class NPE:
         if adjust not in (True, False, "auto"):
             raise ValueError(f"adjust must be True, False or 'auto', got {adjust!r}.")
         self.adjust = adjust
+        if bounds not in BOUNDS:
+            raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}.")
+        self.intervals = "truncated" if bounds == "truncate" else NPE_INTERVALS
 
     def fit(self, data: Simulations) -> NPEPosterior:
         r"""Trains a posterior on ``data``; rows with non-finite values are excluded."""
@@ -410,7 +475,7 @@ class NPE:
                 summary = copy.deepcopy(self.summary)
             else:
                 summary = _default_summary(data.x_shape, structure, self.summary)
-            features = from_unconstrained(self.prior, NPE_INTERVALS).inverse_shape(self.prior.event_shape)[-1]
+            features = from_unconstrained(self.prior, self.intervals).inverse_shape(self.prior.event_shape)[-1]
             network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
                 "prior": io.prior_spec(self.prior),
@@ -418,7 +483,7 @@ class NPE:
                 "summary": io.module_spec(summary),
                 "flow": io.builder_spec(self.flow),
                 "training": config.to_dict(),
-                "intervals": NPE_INTERVALS,
+                "intervals": self.intervals,
             }
             posterior = NPEPosterior(self.prior, network, self.parameter_names, specs)
             keep = fitted_rows(len(data), config, stream is not None)
@@ -435,6 +500,11 @@ class NPE:
                 loc.copy_(mean)
                 scale.copy_(std)
             network.x_range.fit(data.x, data.mask)
+            bounds = support_bounds(self.prior)
+            if self.intervals == "truncated" and bounds is not None:  # the interval's image is [-1/2, 1/2]
+                interval = torch.isfinite(bounds[0]) & torch.isfinite(bounds[1])
+                for box, side in ((network.box_low, -0.5), (network.box_high, 0.5)):
+                    box.copy_(torch.where(interval, (side - network.theta_loc) / network.theta_scale, box))
             u = posterior.unconstrain(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
