@@ -21,7 +21,7 @@ HMC) for any likelihood that follows its contract.
 
 __all__ = [
     "AmortizedPosterior", "MCMCPosterior", "PerObservationPosterior", "Posterior", "SupportMappedDistribution",
-    "clamp_to_support", "draw",
+    "clamp_to_support", "draw", "inside_box",
 ]
 
 import abc
@@ -99,6 +99,13 @@ def draw(d: Distribution, sample_shape: Size = Size(), generator: torch.Generato
     return u
 
 
+def inside_box(u: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    r"""Whether each row of :math:`u` :math:`(*, D)` lies strictly inside the box ``(low, high)``,
+    each :math:`(D,)`, :math:`(*)`."""
+
+    return ((u > low) & (u < high)).all(-1)
+
+
 class SupportMappedDistribution(Distribution):
     r"""A distribution over standardized unconstrained vectors, mapped into the prior's support.
 
@@ -166,7 +173,7 @@ class SupportMappedDistribution(Distribution):
         return clamp_to_support(self.transform(self.loc + self.scale * u).float(), self.prior)
 
     def _is_inside(self, u: Tensor) -> Tensor:
-        return ((u > self.box[0]) & (u < self.box[1])).all(-1)
+        return inside_box(u, *self.box)
 
     def _inside(self, n: int, generator: torch.Generator | None) -> Tensor:
         r"""``n`` draws of :math:`q` truncated to the box for each observation, :math:`(n, m, D)`

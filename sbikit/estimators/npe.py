@@ -39,7 +39,7 @@ from .. import io
 from ..data import Simulations
 from ..flows import coupling_flow
 from ..nn import MLP, ConvSummary, DeepSet, GRUSummary
-from ..posterior import AmortizedPosterior, SupportMappedDistribution, draw
+from ..posterior import AmortizedPosterior, SupportMappedDistribution, draw, inside_box
 from ..priors import clamp_to_support, from_unconstrained, prior_fingerprint, support_bounds
 from ..runs.stream import streamed
 from ..train import TrainConfig, Training
@@ -237,7 +237,7 @@ class NPENetwork(nn.Module):
         k = TRUNCATION_DRAWS if self.training else VALIDATION_DRAWS
         generator = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
         draws = draw(q, (k,), generator)
-        inside = ((draws > self.box_low) & (draws < self.box_high)).all(-1).to(nll.dtype)
+        inside = inside_box(draws, self.box_low, self.box_high).to(nll.dtype)
         mass = inside.mean(0).clamp_min(1 / k)
         if not self.training:
             return nll + mass.log()
