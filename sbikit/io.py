@@ -62,7 +62,9 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 # 7: NPE(bounds="truncate") truncates its flow to a bounded prior's box (intervals "truncated", box_low,
 #    box_high);
 #    files of 6 and below load untruncated, with the map they name
-FORMAT_VERSION = 7
+# 8: the range of x trained on keeps a generalized Pareto fit to each tail (x_range.threshold, tail, shape,
+#    share); files of 7 and below load with exponential tails of a tenth of an sd from the range's ends
+FORMAT_VERSION = 8
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

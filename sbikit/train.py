@@ -485,14 +485,16 @@ class Training:
                 self.steps += 1
                 decay = min(config.average, (1 + self.steps) / (10 + self.steps))
                 with torch.no_grad():
-                    torch._foreach_lerp_(self.average, self.params, 1 - decay)
+                    for average, param in zip(self.average, self.params):
+                        average.lerp_(param, 1 - decay)
             total += float(loss.detach()) * len(batch[0])
             count += len(batch[0])
         module.eval()
         if self.average is not None:  # validate, and keep, the averaged weights
             with torch.no_grad():
                 current = [p.detach().clone() for p in self.params]
-                torch._foreach_copy_([p.data for p in self.params], self.average)
+                for param, average in zip(self.params, self.average):
+                    param.copy_(average)
         val_loss = self._validation_loss()
         self.scheduler.step()
         history["train_loss"].append(total / max(count, 1))
@@ -506,7 +508,8 @@ class Training:
             self.stale += 1
         if self.average is not None:  # and train on from the optimizer's own
             with torch.no_grad():
-                torch._foreach_copy_([p.data for p in self.params], current)
+                for param, kept in zip(self.params, current):
+                    param.copy_(kept)
         self.bar.update()
         self.bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{val_loss:.3f}")
         if self.stale >= self.patience:
@@ -578,7 +581,8 @@ class Training:
         self.best, self.best_state = state["best"], state["best_state"]
         if self.average is not None:
             with torch.no_grad():
-                torch._foreach_copy_(self.average, state["average"])
+                for average, saved in zip(self.average, state["average"]):
+                    average.copy_(saved)
         counters = state["counters"]
         self.steps, self.stale, self.nonfinite, self.stopped = (
             counters["steps"], counters["stale"], counters["nonfinite"], counters["stopped"]

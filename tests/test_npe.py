@@ -590,6 +590,38 @@ def test_an_observation_beyond_the_training_data_is_flagged(trained, tmp_path):
         posterior.sample(100, x=data.x[:50])  # the training data themselves are never flagged
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "lognormal counts"])
+def test_the_range_check_rarely_flags_batches_from_the_model_and_flags_a_far_row_among_them(kind):
+    # the old half-sd rule flagged most diagnostic calls of 500 test simulations from the model
+    from sbikit.estimators.base import TrainingRange
+
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        z = torch.randn(n, 4, generator=generator)
+        if kind == "gaussian":
+            return z
+        return torch.poisson(torch.exp(1.0 + 1.2 * z), generator=generator)  # heavy-tailed counts
+
+    check = TrainingRange(4)
+    check.fit(draw(2000))
+    fresh = draw(200 * 500).reshape(200, 500, 4)
+    flagged = 0
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        flagged = sum(check.warn(batch) for batch in fresh)
+    assert flagged <= 6, flagged  # at most 1% by design: 2 expected, 6 at p < 0.02
+    assert len(record) == flagged
+    old = (torch.maximum(check.low - fresh, fresh - check.high) / check.scale).amax(-1) > 0.5
+    assert int(old.any(-1).sum()) > 20  # the old rule, on the same batches
+    far = fresh[0].clone()  # 3 sds beyond a Gaussian's largest of 2,000; for the counts, 10 times theirs
+    far[7, 2] = check.high[2] + 3 * check.scale[2] if kind == "gaussian" else 10 * check.high[2]
+    with pytest.warns(sbikit.OutOfRangeWarning, match=r"feature 2 = .* training sds beyond .*1 of 500 rows"):
+        assert check.warn(far)
+    far[7, 2] = check.high[2] + check.scale[2] / 2  # where the old rule started to warn
+    assert not check.warn(far)
+
+
 def test_a_flow_truncated_to_the_box_samples_and_evaluates_the_truncated_density():
     import scipy.stats
     from sbikit.posterior import SupportMappedDistribution

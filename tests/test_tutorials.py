@@ -5,6 +5,7 @@ import runpy
 from pathlib import Path
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+pytestmark = pytest.mark.tutorials  # run after the default suite: pytest -m tutorials
 
 
 def test_custom_simulator_tutorial(tmp_path):

@@ -30,7 +30,8 @@ NPE_INTERVALS = "linear-0.01"
 NLE_INTERVALS = "linear"
 MIN_SIMULATIONS = 20  # fewer valid simulations are refused
 SMALL_DATA = 200  # fewer get a SmallDataWarning: the defaults were chosen at 1,000 and more (docs/design.md)
-OUT_OF_RANGE = 0.5  # how far beyond the training range, in training sds, an observation is flagged
+MAX_TAIL_SHAPE = 1.0  # the heaviest tail TrainingRange fits: a generalized Pareto shape of 1, no mean
+OUT_OF_RANGE = 0.01  # the chance, under the training data's tails, below which a batch beyond the range is flagged
 SUMMARY_MARGIN = 1.5  # how far, as a multiple of the farthest training summary's distance, a summary is flagged
 
 
@@ -221,13 +222,32 @@ class TrainingRange(nn.Module):
     r"""The range of the observations an estimator was trained on, to flag those beyond it.
 
     It keeps, per feature (the last axis, pooled over members or time steps as
-    :func:`standardize` does), the smallest and largest training value and the standard
-    deviation. (A group with more members, or a series with more steps, than any training
-    row is flagged by :func:`sbikit._checks.check_x`.) Its buffers travel in the estimator's
-    ``state_dict``; a file saved without them loads with an unbounded range, which flags nothing.
+    :func:`standardize` does), the smallest and largest training value, the standard deviation,
+    and a generalized Pareto fit to each tail: above the :math:`k`-th most extreme of :math:`N`
+    values (:math:`k = \lceil N^{2/3}\rceil`, at least 5), a new value exceeds the threshold by
+    more than :math:`u` with probability :math:`(k/N)(1 + \xi u/\sigma)^{-1/\xi}`, fitted by
+    probability-weighted moments, with the shape :math:`\xi` in :math:`[0, 1]` and at least the
+    median of that side's shapes over the features (one feature's fit is noisy, and heavy tails
+    come in families). A batch of :math:`m` rows is flagged where a row lies beyond the
+    range so far that under the training distribution a value as extreme, in any of the
+    :math:`2L` tails, would turn up in a batch of :math:`m` with probability below
+    ``OUT_OF_RANGE`` (1%). So a diagnostic's 500 test simulations from the model are rarely
+    flagged, while one observation just beyond every one of 10,000 simulations is. (A group with
+    more members, or a series with more steps, than any training row is flagged by
+    :func:`sbikit._checks.check_x`.) Its buffers travel in the estimator's ``state_dict``; a file
+    saved without them loads with an unbounded range, which flags nothing, and one saved without
+    the tails (format 7 and below) with exponential tails of a tenth of an sd from the range's
+    ends, about the half-sd margin those files were flagged at.
+    ``python benchmarks/out_of_range.py`` measures the false alarms (docs/design.md).
 
     Arguments:
         features: The number of features :math:`L` (the last axis of an observation).
+
+    Example:
+        >>> r = TrainingRange(1)
+        >>> r.fit(torch.randn(10_000, 1, generator=torch.Generator().manual_seed(0)))
+        >>> [f"{float(c):.0e}" for c in r.chance(torch.tensor([[0.0], [4.5], [9.0]]))]  # inside, beyond, far
+        ['1e+00', '2e-04', '6e-09']
     """
 
     def __init__(self, features: int) -> None:
@@ -235,41 +255,88 @@ class TrainingRange(nn.Module):
         self.register_buffer("low", torch.full((features,), -math.inf))
         self.register_buffer("high", torch.full((features,), math.inf))
         self.register_buffer("scale", torch.ones(features))
+        self.register_buffer("threshold", torch.stack([self.low, self.high]))  # (2, L): the k-th lowest, highest
+        self.register_buffer("tail", torch.ones(2, features))  # (2, L): each tail's scale sigma
+        self.register_buffer("shape", torch.zeros(2, features))  # (2, L): each tail's shape xi
+        self.register_buffer("share", torch.tensor(1.0))  # k / N
 
     def fit(self, x: Tensor, mask: Tensor | None = None) -> None:
         r"""Records the range of training observations :math:`(N, *x\_shape)` (with ``mask``
         :math:`(N, M)` for sets and series)."""
 
         values = (x if mask is None else x[mask]).reshape(-1, self.low.shape[0]).to(self.low)
+        n = len(values)
+        k = min(max(5, math.ceil(n ** (2 / 3))), n - 1)
         self.low.copy_(values.min(0).values)
         self.high.copy_(values.max(0).values)
         self.scale.copy_(standardize(values)[1])
+        top = values.topk(k + 1, dim=0).values  # (k + 1, L), descending
+        bottom = -(-values).topk(k + 1, dim=0).values  # ascending
+        self.threshold.copy_(torch.stack([bottom[k], top[k]]))
+        excess = torch.stack([bottom[k] - bottom[:k], top[:k] - top[k]]).flip(1).double()  # (2, k, L), ascending
+        # the generalized Pareto fit of Hosking & Wallis (1987), by probability-weighted moments
+        a0 = excess.mean(1)
+        weights = 1 - (torch.arange(1, k + 1, dtype=excess.dtype) - 0.35) / k
+        a1 = (weights[:, None] * excess).mean(1)
+        denominator = (a0 - 2 * a1).clamp_min(1e-12 * a0.clamp_min(1e-30))
+        own = (2 - a0 / denominator).clamp(0.0, MAX_TAIL_SHAPE)
+        scale = (2 * a0 * a1 / denominator).where(own > 0, a0)  # shape 0: the exponential, scale the mean excess
+        shape = torch.maximum(own, own.median(1, keepdim=True).values)  # a tail at least as heavy as most
+        floor = 1e-6 * self.scale.clamp_min(_MIN_SCALE)
+        self.tail.copy_(scale.float().clamp_min(floor))
+        self.shape.copy_(shape.float())
+        self.share.fill_(k / n)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, fill in (("low", -math.inf), ("high", math.inf), ("scale", 1.0)):  # files from before the range
             state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), fill))
+        low, high, scale = (state_dict[prefix + name] for name in ("low", "high", "scale"))
+        state_dict.setdefault(prefix + "threshold", torch.stack([low, high]))  # format 7 and below: no tails
+        state_dict.setdefault(prefix + "tail", torch.stack([scale, scale]) / 10)
+        state_dict.setdefault(prefix + "shape", torch.zeros_like(self.shape))
+        state_dict.setdefault(prefix + "share", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def chance(self, x: Tensor) -> Tensor:
+        r"""For each row of observations :math:`(*, L)`, :math:`(*)`: the probability, under the
+        training distribution's fitted tails, that a new row has a value as far beyond the range
+        in some feature (1 for a row inside the range)."""
+
+        values = x.to(self.low)
+        excess = torch.stack([self.threshold[0] - values, values - self.threshold[1]])  # (2, *, L)
+        beyond = torch.maximum(self.low - values, values - self.high) > 0
+        scale, shape = (torch.stack([t[i].expand_as(values) for i in range(2)]) for t in (self.tail, self.shape))
+        reduced = excess.clamp_min(0) / scale
+        tail = torch.where(shape > 0, torch.log1p(shape * reduced) / shape.clamp_min(1e-12), reduced)
+        chance = self.share * torch.exp(-tail)
+        chance = torch.where(beyond, chance.min(0).values, torch.ones_like(values))
+        return (2 * values.shape[-1] * chance.amin(-1)).clamp_max(1.0)
+
     def warn(self, x: Tensor, what: str = "x", stacklevel: int = 3) -> bool:
-        r"""Warns with an :class:`sbikit.OutOfRangeWarning` if an observation :math:`(*, L)` lies more
-        than half a training sd beyond a feature's training range, naming the feature and how far;
-        returns whether it warned."""
+        r"""Warns with an :class:`sbikit.OutOfRangeWarning` if, among observations :math:`(*, L)`, a
+        row lies beyond the training range by more than chance allows in a batch of their size
+        (see the class), naming the feature and how far; returns whether it warned."""
 
         values = x.reshape(-1, self.low.shape[0]).to(self.low)
-        beyond = torch.maximum(self.low - values, values - self.high) / self.scale
-        if beyond.numel() and float(beyond.max()) > OUT_OF_RANGE:
-            row, column = (int(i) for i in (beyond == beyond.max()).nonzero()[0])
-            warnings.warn(
-                f"{what} has feature {column} = {float(values[row, column]):.4g}, {float(beyond[row, column]):.2g} "
-                f"training sds beyond the range the estimator was trained on ([{float(self.low[column]):.4g}, "
-                f"{float(self.high[column]):.4g}]; {int((beyond > OUT_OF_RANGE).any(-1).sum())} of {len(values)} "
-                "rows are beyond it): its answer there is an extrapolation. Check the observation, or simulate "
-                "from a wider prior.",
-                OutOfRangeWarning,
-                stacklevel=stacklevel,
-            )
-            return True
-        return False
+        if not values.numel():
+            return False
+        chance = self.chance(values)
+        flagged = chance * len(values) < OUT_OF_RANGE
+        if not bool(flagged.any()):
+            return False
+        row = int(chance.argmin())
+        beyond = torch.maximum(self.low - values[row], values[row] - self.high) / self.scale
+        column = int(beyond.argmax())
+        warnings.warn(
+            f"{what} has feature {column} = {float(values[row, column]):.4g}, {float(beyond[column]):.2g} "
+            f"training sds beyond the range the estimator was trained on ([{float(self.low[column]):.4g}, "
+            f"{float(self.high[column]):.4g}]; {int(flagged.sum())} of {len(values)} rows are beyond it by "
+            "more than chance allows): its answer there is an extrapolation. Check the observation, or "
+            "simulate from a wider prior.",
+            OutOfRangeWarning,
+            stacklevel=stacklevel,
+        )
+        return True
 
 
 class SummaryRange(nn.Module):
