@@ -3,6 +3,7 @@ import pytest
 from sbikit.cli import main
 
 
+@pytest.mark.tutorials  # an end-to-end run: after the default suite
 def test_demo_writes_its_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--num-simulations", "400", "--num-samples", "400", "--out", str(out)]) == 0

@@ -25,6 +25,17 @@ def saved(tmp_path_factory):
     return posterior, path
 
 
+@pytest.fixture(scope="module")
+def saved_mapped(tmp_path_factory):  # the box mapped onto the line, as files of formats 2 to 6 all were
+    prior = sbikit.BoxUniform(low=-2 * torch.ones(3), high=2 * torch.ones(3))
+    data = sbikit.simulate(noisy, prior, 300, seed=0, show_progress=False)
+    config = sbikit.TrainConfig(max_epochs=3, show_progress=False)
+    posterior = sbikit.NPE(prior, bounds="map", training=config).fit(data)
+    path = tmp_path_factory.mktemp("io") / "mapped.sbk"
+    posterior.save(path)
+    return posterior, path
+
+
 def test_round_trip(saved):
     posterior, path = saved
     loaded = sbikit.load(path)
@@ -231,8 +242,8 @@ def test_saved_files_follow_the_umask(saved, tmp_path):
     assert stat.S_IMODE((tmp_path / "shared.sbk").stat().st_mode) == 0o644
 
 
-def test_files_of_format_3_keep_tails_on_five_percent_of_each_interval(saved, tmp_path):
-    posterior, path = saved
+def test_files_of_format_3_keep_tails_on_five_percent_of_each_interval(saved_mapped, tmp_path):
+    posterior, path = saved_mapped
     payload = torch.load(path, weights_only=True)
     config = json.loads(payload["config"])
     config["intervals"] = "linear"  # what format 3 wrote
@@ -249,8 +260,8 @@ def test_files_of_format_3_keep_tails_on_five_percent_of_each_interval(saved, tm
     assert not torch.allclose(old.log_prob(theta.float(), x=torch.zeros(3)), posterior.log_prob(theta.float(), x=torch.zeros(3)))
 
 
-def test_files_of_format_2_keep_the_logistic_map_of_intervals(saved, tmp_path):
-    posterior, path = saved
+def test_files_of_format_2_keep_the_logistic_map_of_intervals(saved_mapped, tmp_path):
+    posterior, path = saved_mapped
     payload = torch.load(path, weights_only=True)
     config = json.loads(payload["config"])
     assert config["intervals"] == "linear-0.01"

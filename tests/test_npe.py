@@ -256,7 +256,8 @@ def test_parameters_on_a_bound_of_the_box_are_read_just_inside_it(trained, box3,
     inside = torch.nextafter(on_bound, torch.zeros(()))
     log_p = posterior.log_prob(on_bound, x=torch.zeros(3))
     assert bool(torch.isfinite(log_p).all()), log_p
-    assert torch.equal(log_p, posterior.log_prob(inside, x=torch.zeros(3)))
+    # the density is continuous up to the bound (a truncated flow: no map sends the bound away)
+    torch.testing.assert_close(log_p, posterior.log_prob(inside, x=torch.zeros(3)), rtol=1e-6, atol=1e-5)
     theta = data.theta[:200].clone()
     theta[0, 0], theta[1, 2] = -2.0, 2.0
     moved = sbikit.NPE(box3, training=quick).fit(sbikit.Simulations(theta=theta, x=data.x[:200]))

@@ -55,8 +55,12 @@ def test_samples_never_leave_the_support(product_posterior):
     prior, data, posterior = product_posterior
     # observations far outside the training data push the flow to extremes
     x = torch.tensor([[50.0, -40.0, 0.0], [-1e3, 1e3, 1e3]])
-    with pytest.warns(sbikit.OutOfRangeWarning, match="beyond the range the estimator was trained on"):
+    with pytest.warns(sbikit.OutOfRangeWarning) as record:
         samples = posterior.sample(20_000, x=x)
+    messages = " ".join(str(w.message) for w in record)
+    assert "beyond the range the estimator was trained on" in messages
+    # the flow, truncated to the box, puts next to nothing inside it there: rejection gives up
+    assert "less than 0.1% of its mass inside the prior's support" in messages
     assert bool(torch.isfinite(samples).all())
     assert bool((samples[..., 0] > 0).all())
     assert bool(((samples[..., 1] > -1) & (samples[..., 1] < 3)).all())
@@ -67,8 +71,9 @@ def test_box_samples_are_strictly_inside():
     prior = sbikit.BoxUniform(torch.zeros(2), torch.ones(2))
     data = sbikit.simulate(lambda t: t + 0.01 * torch.randn_like(t), prior, 300, seed=0, show_progress=False)
     posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(max_epochs=2, show_progress=False)).fit(data)
-    with pytest.warns(sbikit.OutOfRangeWarning, match="feature 1 = -40"):
+    with pytest.warns(sbikit.OutOfRangeWarning) as record:
         samples = posterior.sample(50_000, x=torch.tensor([40.0, -40.0]))
+    assert any("feature 1 = -40" in str(w.message) for w in record)
     assert bool(((samples > 0) & (samples < 1)).all())
     with pytest.warns(sbikit.OutOfRangeWarning):
         assert bool(torch.isfinite(posterior.log_prob(samples, x=torch.tensor([40.0, -40.0]))).all())

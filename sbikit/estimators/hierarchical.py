@@ -322,6 +322,7 @@ class HierarchicalNPE:
         support = _local_support(self.model, data.theta, k)
         observations = _local_observations(global_posterior.transform, global_posterior.prior, theta, x)
         members = Simulations(theta=local, x=observations)
-        local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names)
+        # mapped: a joint density would need each member's mass inside the box
+        local_npe = NPE(support, flow=self.local_flow, training=self.training, parameter_names=names, bounds="map")
         local_posterior = local_npe.fit(members)
         return HierarchicalPosterior(global_posterior, local_posterior, names)

@@ -49,8 +49,9 @@ from .base import (
 )
 
 
-TRUNCATION_DRAWS = 8  # draws per row for the gradient of a truncated flow's log mass inside its box
+TRUNCATION_DRAWS = 4  # draws per row for the gradient of a truncated flow's log mass inside its box
 VALIDATION_DRAWS = 64  # draws per row for that log mass in the validation loss
+TRUNCATION_ROWS = 32  # rows of each batch whose draws estimate that gradient, for the whole batch
 BOUNDS = ("truncate", "map")
 MAX_REGRESSORS = 2048  # wider vector observations get no regression adjustment
 ADJUSTMENT_PILOT = 0.1  # the share of the schedule over which adjust="auto" races the two models
@@ -221,11 +222,13 @@ class NPENetwork(nn.Module):
         :math:`-\log q(u | x) + \log \hat Z(x)`, with :math:`\hat Z` from 64 draws per row
         (``VALIDATION_DRAWS``). In training mode it adds a term whose gradient is an estimate
         of :math:`\nabla \log Z(x) = \mathbb{E}_{q \text{ truncated}}[\nabla \log q(u' | x)]`
-        from 8 draws :math:`u'_j` per row (``TRUNCATION_DRAWS``):
-        :math:`\sum_j w_j \log q(u'_j | x)` with :math:`w_j = (1_j / \hat Z - 1) / 8`, where
+        from 4 draws :math:`u'_j` per row (``TRUNCATION_DRAWS``):
+        :math:`\sum_j w_j \log q(u'_j | x)` with :math:`w_j = (1_j / \hat Z - 1) / 4`, where
         :math:`1_j` says whether :math:`u'_j` is inside and :math:`\hat Z` is their mean. The
-        weights sum to 0, so a row whose draws all lie inside adds nothing, and only rows with
-        draws outside are evaluated again. The draws come from ``generator`` (a
+        weights sum to 0, so a row whose draws all lie inside adds nothing. In a batch of more than
+        128 rows only the first 32 draw (``TRUNCATION_ROWS``; a batch's rows are i.i.d., so they
+        are a random subset), their terms weighted by the batch's size over 32, which keeps the
+        estimate unbiased. The draws come from ``generator`` (a
         :class:`torch.Generator`, which :class:`sbikit.train.Training` sets), or from one
         seeded 0.
         """
@@ -234,20 +237,20 @@ class NPENetwork(nn.Module):
         nll = -q.log_prob(u)
         if not self.truncated:
             return nll
-        k = TRUNCATION_DRAWS if self.training else VALIDATION_DRAWS
         generator = self.generator if self.generator is not None else torch.Generator().manual_seed(0)
-        draws = draw(q, (k,), generator)
-        inside = inside_box(draws, self.box_low, self.box_high).to(nll.dtype)
-        mass = inside.mean(0).clamp_min(1 / k)
         if not self.training:
-            return nll + mass.log()
-        leaky = (inside < 1).any(0)
-        if not bool(leaky.any()):
+            inside = inside_box(draw(q, (VALIDATION_DRAWS,), generator), self.box_low, self.box_high)
+            return nll + inside.to(nll.dtype).mean(0).clamp_min(1 / VALIDATION_DRAWS).log()
+        # a batch's rows are i.i.d. simulations (and shuffled): the first TRUNCATION_ROWS stand for all
+        rows = len(nll) if len(nll) <= 4 * TRUNCATION_ROWS else TRUNCATION_ROWS  # small: one flow for all
+        q_rows = q if rows == len(nll) else self(x[:rows], None if mask is None else mask[:rows])
+        draws = draw(q_rows, (TRUNCATION_DRAWS,), generator).detach()
+        inside = inside_box(draws, self.box_low, self.box_high).to(nll.dtype)
+        if bool(inside.all()):
             return nll
-        weights = inside[:, leaky] / mass[leaky] - 1
-        q_leaky = self(x[leaky], None if mask is None else mask[leaky])
-        term = (weights * q_leaky.log_prob(draws[:, leaky])).mean(0)
-        return nll + torch.zeros_like(nll).index_put((leaky.nonzero().squeeze(-1),), term)
+        weights = inside / inside.mean(0).clamp_min(1 / TRUNCATION_DRAWS) - 1  # 0 where all are inside
+        term = (weights * q_rows.log_prob(draws)).mean(0) * (len(nll) / rows)
+        return nll + torch.cat([term, torch.zeros_like(nll[rows:])])
 
     def batch_loss(self, u: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor | float:
         r"""The summary network's term over the whole batch, ``summary.penalty(features)`` (for
@@ -374,16 +377,16 @@ class NPE:
             the posterior's location is close to linear in :math:`x`, without its
             loss where it is far from linear.
         bounds: How the flow respects parameters bounded on both sides (a box prior).
-            ``"map"`` (the default) maps each interval onto the line
+            ``"truncate"`` (the default) maps each interval affinely and truncates the flow to
+            the box: the flow is trained by the truncated density's likelihood (see
+            :meth:`NPENetwork.loss`), draws are taken by rejection, and ``log_prob`` is
+            normalized by a Monte Carlo estimate of the mass inside. A posterior cut off by the
+            box then needs no cliff in the flow. ``"map"`` maps each interval onto the line
             (:class:`sbikit.priors.LinearTailsTransform`, tails on 1% of it at each edge), with
-            an exact density and one draw per sample. ``"truncate"`` maps each interval
-            affinely and truncates the flow to the box: the flow is trained by the truncated
-            density's likelihood (see :meth:`NPENetwork.loss`), draws are taken by rejection,
-            and ``log_prob`` is normalized by a Monte Carlo estimate of the mass inside. A
-            posterior cut off by the box then needs no cliff in the flow, where the map made it
-            too wide and miscalibrated (``docs/design.md``), at about three times the training
-            time where many posteriors reach a bound. Parameters bounded on one side (``exp``)
-            or none are mapped either way.
+            an exact density and one draw per sample, but a posterior at a bound comes out too
+            wide and miscalibrated there (``docs/design.md``); it trains in about half the time
+            where many posteriors reach a bound. Parameters bounded on one side (``exp``) or none
+            are mapped either way.
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -402,7 +405,7 @@ class NPE:
         training: TrainConfig | None = None,
         parameter_names: Sequence[str] | None = None,
         adjust: bool | str = "auto",
-        bounds: str = "map",
+        bounds: str = "truncate",
     ) -> None:
         self.prior, names = check_estimator_options(prior, flow, training, parameter_names)
         if isinstance(summary, str) and summary not in SUMMARIES:
