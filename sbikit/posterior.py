@@ -119,9 +119,10 @@ class SupportMappedDistribution(Distribution):
     the density is divided by :math:`Z(x)`, the mass of :math:`q` inside the box, estimated
     once per observation from draws of a generator seeded 0 (see :meth:`log_mass`; so
     ``log_prob`` is deterministic, and normalized up to that estimate's error, a relative
-    :math:`\sqrt{(1 - Z) / 1024 Z}` where :math:`Z \geq 1/2`). An observation for which :math:`q` puts less than 0.1%
-    of its mass inside gets an :class:`sbikit.OutOfRangeWarning`, and the draws rejection could
-    not find are draws of :math:`q` moved onto the support's boundary.
+    :math:`\sqrt{(1 - Z) / 1024 Z}` where :math:`Z \geq 1/2`). An observation for which
+    :math:`q` puts less than 0.1% of its mass inside gets an :class:`sbikit.OutOfRangeWarning`,
+    and the draws rejection could not find are draws of :math:`q` moved onto the support's
+    boundary.
 
     Arguments:
         base: The distribution :math:`q(u | x)`, batch shape :math:`(*)`.
@@ -200,7 +201,7 @@ class SupportMappedDistribution(Distribution):
             out[place[keep], rows.expand(k, -1)[keep]] = u[keep]
             filled[rows] = (filled[rows] + inside.sum(0)).clamp_max(n)
             tried[rows] += k
-            # hopeless: even 3 more draws inside (a 95% bound where none were) would keep the rate below the least
+            # hopeless: even 3 more draws inside (a 95% bound where none were) would leave the rate too low
             hopeless = (accepted[rows] + 3 < _MIN_ACCEPTANCE * tried[rows]) & (filled[rows] < n)
             for row in rows[hopeless].tolist():  # what rejection cannot find: draws of q, moved onto the box
                 give_up.append(row)
