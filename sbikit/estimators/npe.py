@@ -383,10 +383,10 @@ class NPE:
             normalized by a Monte Carlo estimate of the mass inside. A posterior cut off by the
             box then needs no cliff in the flow. ``"map"`` maps each interval onto the line
             (:class:`sbikit.priors.LinearTailsTransform`, tails on 1% of it at each edge), with
-            an exact density and one draw per sample, but a posterior at a bound comes out too
-            wide and miscalibrated there (``docs/design.md``); it trains in about half the time
-            where many posteriors reach a bound. Parameters bounded on one side (``exp``) or none
-            are mapped either way.
+            an exact density and one draw per sample, and trains faster where many posteriors
+            reach a bound, but a posterior at a bound comes out too wide and miscalibrated there
+            (``docs/design.md`` has both measured). Parameters bounded on one side (``exp``) or
+            none are mapped either way.
 
     Example:
         >>> prior = sbikit.BoxUniform(-torch.ones(2), torch.ones(2))
