@@ -64,7 +64,9 @@ from .priors import BoxUniform, ProductPrior, SupportOnly, check_prior, check_sa
 #    files of 6 and below load untruncated, with the map they name
 # 8: the range of x trained on keeps a generalized Pareto fit to each tail (x_range.threshold, tail, shape,
 #    share); files of 7 and below load with exponential tails of a tenth of an sd from the range's ends
-FORMAT_VERSION = 8
+# 9: NLE may model observations that are all counts with an autoregressive count model (config
+#    "counts", the model's settings, or None for the flow); files of 8 and below load with the flow
+FORMAT_VERSION = 9
 _MAGIC = "sbikit"
 _TRUSTED = ("sbikit.", "zuko.")
 

@@ -259,8 +259,8 @@ def test_counts_are_dequantized_into_probabilities_and_integer_draws():
     # at 2,000 simulations the largest error below ranged over 0.02-0.07 with the data seed
     data = sbikit.simulate(lambda t: torch.poisson(t), prior, 4000, seed=0, show_progress=False)
     config = sbikit.TrainConfig(max_epochs=40, show_progress=False)
-    likelihood = sbikit.NLE(prior, training=config).fit(data)
-    assert likelihood.history["discrete_columns"] == 1
+    likelihood = sbikit.NLE(prior, training=config, counts="dequantized").fit(data)
+    assert likelihood.history["discrete_columns"] == 1 and not likelihood.history["count_model"]
     counts = torch.arange(16.0).unsqueeze(-1)
     for rate in (1.5, 3.0):
         theta = torch.tensor([rate])

@@ -4,6 +4,7 @@ and a check of the emulator against the simulator."""
 import math
 import pytest
 import torch
+import warnings
 
 from torch.distributions import constraints
 
@@ -47,6 +48,25 @@ def test_counts_are_never_drawn_below_zero_and_have_no_density_there(counts):
     x[1, 4] = -1.0
     lp = likelihood.log_prob(x, theta=torch.tensor([0.0]))
     assert math.isfinite(lp[0]) and lp[1] == -math.inf and math.isfinite(lp[2])
+
+
+def test_counts_get_a_probability_mass_function_close_to_the_simulator(counts):
+    # the count model (sbikit.estimators.counts): an estimate of KL(simulator || emulator) by the
+    # mean log-ratio of 500 simulations. Measured: 0.004-0.013 nats at these three parameters,
+    # where the dequantized flow (counts="dequantized") gave 0.06-0.34, and shares of zeros
+    # 0.03 off at most, where the flow's were 0.08 off
+    _, _, likelihood = counts
+    assert likelihood.history["count_model"]
+    generator = torch.Generator().manual_seed(3)
+    for theta in (-1.5, -0.5, 1.0):
+        rates = math.exp(theta) * torch.linspace(0.2, 1.0, 10)
+        x = torch.poisson(rates.expand(500, 10), generator=generator)
+        exact = torch.distributions.Poisson(rates).log_prob(x).sum(-1)
+        kl = float((exact - likelihood.log_prob(x, theta=torch.tensor([theta]))).mean())
+        assert abs(kl) < 0.05, (theta, kl)
+        torch.manual_seed(4)
+        zeros = (likelihood.sample(4000, theta=torch.tensor([theta])) == 0).float().mean(0)
+        assert float((zeros - torch.exp(-rates)).abs().max()) < 0.06, (theta, zeros, torch.exp(-rates))
 
 
 def test_observations_outside_the_support_are_refused_or_warned(counts, tmp_path):
@@ -107,7 +127,12 @@ def test_per_observation_posterior_meets_the_diagnostics_contract(counts, tmp_pa
     posterior.save(tmp_path / "any.sbk")
     loaded = sbikit.load(tmp_path / "any.sbk")
     assert isinstance(loaded, sbikit.PerObservationPosterior) and torch.equal(loaded.log_prob(draws, x=test.x), lp)
-    report = dx.check(posterior, zero_heavy_counts, prior, test=test, num_samples=100)
+    with warnings.catch_warnings():
+        # test.x[0]'s posterior lies in the box's mapped tail (mean 1.38 of 1.5, sd 0.10), where the
+        # independence proposal's fit varies from run to run (acceptance 0.53-0.96) and R-hat can
+        # reach 1.012: a convergence warning, not the contract this test checks
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = dx.check(posterior, zero_heavy_counts, prior, test=test, num_samples=100)
     assert set(report.results) == {"sbc", "coverage", "tarp", "recovery"} and report.sbc.ranks.shape[0] == 8
 
 

@@ -42,9 +42,13 @@ Each value of :math:`x` has a support, declared or inferred (``NLE(x_support=...
 flow learns the values mapped onto the real line by it (:mod:`sbikit.estimators.support`), so
 that draws never leave the support and the density is zero outside it.
 
-Observations whose every training value is an integer (counts) are discrete, and a
-density fitted to them piles up on the integers, where its height is arbitrary. Those
-columns are dequantized: the flow learns the density of :math:`x + v`, with
+Where every value of the observation is a count (an integer with a lower bound and no upper
+one), NLE models it with :class:`sbikit.estimators.counts.CountModel` instead of a flow
+(``counts="autoregressive"``, the default): a probability mass function, one count at a time,
+that needs neither a map nor dequantization (``docs/design.md`` compares the two on Ricker).
+
+Other columns of integers are discrete, and a density fitted to them piles up on the
+integers, where its height is arbitrary. Those columns are dequantized: the flow learns the density of :math:`x + v`, with
 :math:`v \sim \mathcal{U}[0, 1)`, whose integral over the cell :math:`[x, x + 1)` is the
 probability of :math:`x`. :meth:`Likelihood.sample` returns :math:`\lfloor x + v \rfloor`
 (integers) and :meth:`Likelihood.log_prob` the density at the cell's centre,
@@ -94,11 +98,13 @@ from .base import (
     NLE_INTERVALS, TrainingRange, check_estimator_options, fitted_rows, linear_adjustment, network_features,
     standardize, training_data,
 )
+from .counts import CountModel
 from . import support
 from .npe import LowerAffineTransform
 from .support import dequantize, from_free, outside, to_free
 
 MAX_MEMBER_ROWS = 200_000  # member rows of mixed-effects data trained on, drawn at random beyond this
+COUNT_MODEL = {"hidden": 64, "components": 4, "embedding": 8}  # sbikit.estimators.counts.CountModel's settings
 MAX_ADJUSTED = 2048  # wider observations get no regression adjustment (its L is (X, X))
 _CHUNK = 2**16  # (parameter, observation) pairs per network call in log_prob
 
@@ -138,7 +144,7 @@ class NLENetwork(nn.Module):
     """
 
     def __init__(self, features: int, x_shape: Sequence[int], embedding: nn.Module | None, flow: Callable,
-                 theta_dim: int | None = None) -> None:
+                 theta_dim: int | None = None, counts: dict | None = None) -> None:
         super().__init__()
         self.x_shape = Size(x_shape)
         size = self.x_shape.numel()
@@ -146,7 +152,12 @@ class NLENetwork(nn.Module):
         theta_dim = features if theta_dim is None else theta_dim
         self.embedding = embedding
         context = features if embedding is None else network_features(embedding, Size([features]), "embedding")
-        self.flow = start_couplings_without_context(start_at_identity(flow(size, context)))
+        if counts is None:
+            self.flow = start_couplings_without_context(start_at_identity(flow(size, context)))
+            self.counts = None
+        else:
+            self.flow = None
+            self.counts = CountModel(size, context, **counts)
         self.register_buffer("theta_loc", torch.zeros(features))
         self.register_buffer("theta_scale", torch.ones(features))
         self.register_buffer("bound_loc", torch.zeros(theta_dim))
@@ -165,11 +176,37 @@ class NLENetwork(nn.Module):
         self.register_buffer("x_knee", torch.ones(size))
         self.x_range = TrainingRange(size)
 
-    def forward(self, r: Tensor) -> Distribution:
+    def context(self, r: Tensor) -> Tensor:
+        r"""The flow's or count model's context :math:`(*, F)` for network inputs :math:`r` :math:`(*, D_u + D)`."""
+
         c = r[..., self.context_index]
-        context = c if self.embedding is None else self.embedding(c.reshape(-1, c.shape[-1])).reshape(*c.shape[:-1], -1)
+        return c if self.embedding is None else self.embedding(c.reshape(-1, c.shape[-1])).reshape(*c.shape[:-1], -1)
+
+    def forward(self, r: Tensor) -> Distribution:
         shift = LowerAffineTransform(r @ self.x_coef.T, self.x_tril)
-        return TransformedDistribution(self.flow(context), [shift], validate_args=False)
+        return TransformedDistribution(self.flow(self.context(r)), [shift], validate_args=False)
+
+    def log_px(self, r: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\log q(x | r)` for flat observations :math:`(*, X)` inside the support, broadcast
+        against :math:`r`: from the count model, or the flow's density with counts at the centre of
+        their cell."""
+
+        if self.counts is None:
+            return self.log_q(r, x + 0.5 * self.x_discrete)
+        shape = torch.broadcast_shapes(r.shape[:-1], x.shape[:-1])
+        r, x = r.expand(*shape, r.shape[-1]), x.expand(*shape, x.shape[-1])
+        counts = (x - self.x_low).clamp_min(0).reshape(-1, x.shape[-1])
+        return self.counts.log_prob(counts, self.context(r).reshape(len(counts), -1)).reshape(shape)
+
+    def sample_x(self, r: Tensor, num_samples: int) -> Tensor:
+        r"""Draws flat observations :math:`(n, *, X)`, inside the support, for inputs :math:`r` :math:`(*, D_u + D)`."""
+
+        if self.counts is None:
+            w = self.x_loc + self.x_scale * self(r).sample((num_samples,))
+            return from_free(w, self.x_discrete, self.x_low, self.x_high, self.x_knee)
+        context = self.context(r)
+        flat = context.reshape(1, -1, context.shape[-1]).expand(num_samples, -1, -1).reshape(-1, context.shape[-1])
+        return (self.counts.sample(flat) + self.x_low).reshape(num_samples, *r.shape[:-1], -1)
 
     def loss(self, r: Tensor, x: Tensor) -> Tensor:
         r"""Returns :math:`-\log q(y | r)`, :math:`(B,)`, for flattened, dequantized observations
@@ -182,6 +219,8 @@ class NLENetwork(nn.Module):
         In evaluation mode (validation) ``y`` is taken as it is.
         """
 
+        if self.counts is not None:
+            return -self.log_px(r, x)
         if self.training and bool(self.x_discrete.any()):
             x = dequantize(x.floor(), torch.rand(x.shape, dtype=x.dtype).to(x.device), self.x_discrete)
         return -self.log_q(r, x)
@@ -280,8 +319,7 @@ class Likelihood(io.Saveable):
         u = self._theta(theta)
         net = self.network
         with torch.no_grad():
-            w = net.x_loc + net.x_scale * net(u).sample((num_samples,))
-            x = from_free(w, net.x_discrete, net.x_low, net.x_high, net.x_knee)  # in the support; counts are integers
+            x = net.sample_x(u, num_samples)  # in the support; counts are integers
         return x.reshape(*x.shape[:-1], *self.x_shape).cpu()
 
     def log_prob(self, x: object, theta: object) -> Tensor:
@@ -332,7 +370,7 @@ class Likelihood(io.Saveable):
 
         net = self.network
         x = x.to(net.x_loc)
-        log_q = net.log_q(u, x + 0.5 * net.x_discrete)
+        log_q = net.log_px(u, x)
         off = outside(x, net.x_discrete, net.x_low, net.x_high).any(-1)
         return torch.where(off, -math.inf, log_q)
 
@@ -440,6 +478,7 @@ class Likelihood(io.Saveable):
     ) -> "Likelihood":
         names = ("prior", "prior_check", "has_embedding", "embedding", "flow", "training", "intervals")
         specs = {k: config[k] for k in names}
+        specs["counts"] = config.get("counts")  # files of format 8 and before have no count model
         prior = io.rebuild_prior(prior, specs)
         if specs["has_embedding"]:
             embedding = io.rebuild("embedding", embedding, specs["embedding"])
@@ -447,7 +486,7 @@ class Likelihood(io.Saveable):
             raise ValueError("this likelihood was trained without an embedding network; load it without one.")
         builder = flow if flow is not None else functools.partial(io.rebuild, "flow", None, specs["flow"])
         features = from_unconstrained(prior, specs["intervals"]).inverse_shape(prior.event_shape)[-1]
-        network = NLENetwork(features, config["x_shape"], embedding, builder, prior.event_shape[0])
+        network = NLENetwork(features, config["x_shape"], embedding, builder, prior.event_shape[0], specs["counts"])
         likelihood = cls(prior, network, config["parameter_names"], specs)
         likelihood.history = config.get("history", {})
         return likelihood
@@ -485,6 +524,11 @@ class NLE:
             integers are integers, anything else is real (``Likelihood.x_support`` says which).
             The surrogate puts all its mass inside the support: draws never leave it, and its
             density is zero outside it.
+        counts: How an observation whose every value is a count (integers with a lower bound
+            and no upper one, declared or inferred) is modelled: ``"autoregressive"`` (the
+            default), one count at a time by :class:`sbikit.estimators.counts.CountModel`, a
+            probability mass function (no ``flow``, ``adjust`` or ``location_first`` then); or
+            ``"dequantized"``, by the flow, as any other integers.
 
     Observations of any fixed shape are flattened for the flow. For sets of members
     (``sbikit.simulate(MixedEffects(...))``), each member is a trial: the surrogate
@@ -511,6 +555,7 @@ class NLE:
         max_member_rows: int = MAX_MEMBER_ROWS,
         location_first: bool = True,
         x_support: object = None,
+        counts: str = "autoregressive",
     ) -> None:
         self.prior, self.parameter_names = check_estimator_options(prior, flow, training, parameter_names)
         if embedding is not None and not isinstance(embedding, nn.Module):
@@ -528,6 +573,10 @@ class NLE:
             size = max(x_support) + 1 if isinstance(x_support, dict) and x_support else 1
             support.parse_support(x_support, len(x_support) if isinstance(x_support, (list, tuple)) else size)
         self.x_support = x_support
+        if counts not in ("autoregressive", "dequantized"):
+            raise ValueError(f"counts must be 'autoregressive' or 'dequantized', got {counts!r}.")
+        self.counts = counts
+        self.count_model = dict(COUNT_MODEL)
 
     def fit(self, data: Simulations) -> Likelihood:
         r"""Trains the surrogate on ``data``; rows with non-finite values are excluded. A store
@@ -591,7 +640,7 @@ class NLE:
         # generator: seeded here, so that training is reproducible, and left as it was
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.training.seed)
-            if self.location_first:
+            if self.location_first and network.flow is not None:
                 with train_location_only(network.flow) as any_to_train:
                     if any_to_train:
                         stage = fit(network, tensors, self.training, "location", "location")
@@ -601,6 +650,7 @@ class NLE:
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
         likelihood.history["members_as_trials"] = members
         likelihood.history["discrete_columns"] = int(network.x_discrete.sum())
+        likelihood.history["count_model"] = network.counts is not None
         likelihood.history["x_support"] = likelihood.x_support
         return likelihood
 
@@ -613,13 +663,19 @@ class NLE:
             torch.manual_seed(config.seed)
             embedding = copy.deepcopy(self.embedding)
             features = from_unconstrained(self.prior, NLE_INTERVALS).inverse_shape(self.prior.event_shape)[-1]
-            network = NLENetwork(features, data.x_shape, embedding, self.flow, self.prior.event_shape[0])
+            x = data.x.reshape(len(data), -1)
+            declared = support.parse_support(self.x_support, x.shape[1])
+            support.infer_support(x, *declared)
+            discrete, low, high, _ = declared
+            counts = self.count_model if self.counts == "autoregressive" and support.all_counts(discrete, low, high) else None
+            network = NLENetwork(features, data.x_shape, embedding, self.flow, self.prior.event_shape[0], counts)
             specs = {
                 "prior": io.prior_spec(self.prior),
                 "prior_check": prior_fingerprint(self.prior),
                 "has_embedding": embedding is not None,
                 "embedding": None if embedding is None else io.module_spec(embedding),
                 "flow": io.builder_spec(self.flow),
+                "counts": counts,
                 "training": config.to_dict(),
                 "intervals": NLE_INTERVALS,
             }
@@ -627,24 +683,26 @@ class NLE:
             u = likelihood.unconstrained(data.theta)
             if not bool(torch.isfinite(u).all()):
                 raise ValueError("some theta lie on the boundary of the prior's support, where they cannot be mapped.")
-            x = data.x.reshape(len(data), -1)
-            declared = support.parse_support(self.x_support, x.shape[1])
             for buffer, value in zip((network.x_discrete, network.x_low, network.x_high, network.x_declared), declared):
                 buffer.copy_(value)
-            support.infer_support(x, network.x_discrete, network.x_low, network.x_high, network.x_declared)
             network.x_range.fit(x)
-            y = _dequantized(network, data.theta, x)
-            network.x_knee.copy_(support.knees(y[rows], network.x_low, network.x_high))
-            w = to_free(y, network.x_low, network.x_high, network.x_knee)[0]
             for (loc, scale), values in (((network.theta_loc, network.theta_scale), u),
-                                         ((network.bound_loc, network.bound_scale), data.theta),
-                                         ((network.x_loc, network.x_scale), w)):
+                                         ((network.bound_loc, network.bound_scale), data.theta)):
                 mean, std = standardize(values[rows])
                 loc.copy_(mean)
                 scale.copy_(std)
             context, regressors = natural_columns(self.prior, features)
             network.context_index.copy_(context)
             r = likelihood.standardize(u.float())  # the training rows: as _training_rows, from u and y at hand
+            if network.counts is not None:
+                network.counts.fit_scales(x[rows] - low)
+                return likelihood, (r, x)
+            y = _dequantized(network, data.theta, x)
+            network.x_knee.copy_(support.knees(y[rows], network.x_low, network.x_high))
+            w = to_free(y, network.x_low, network.x_high, network.x_knee)[0]
+            mean, std = standardize(w[rows])
+            network.x_loc.copy_(mean)
+            network.x_scale.copy_(std)
             if self.adjust and y.shape[1] <= MAX_ADJUSTED:
                 coef, tril = linear_adjustment((w[rows] - network.x_loc) / network.x_scale, r[rows][:, regressors])
                 network.x_coef[:, regressors] = coef
@@ -693,7 +751,7 @@ def _dequantized(network: NLENetwork, theta: Tensor, x: Tensor) -> Tensor:
     them in memory, or a chunk of a store), not by the global random state, so that the same
     rows read again get the same :math:`v` and training stays reproducible."""
 
-    if not bool(network.x_discrete.any()):
+    if network.counts is not None or not bool(network.x_discrete.any()):
         return x
     key = int((theta.double().abs().sum() * 2**20).round()) % 2**62
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(key), dtype=x.dtype)

@@ -24,7 +24,7 @@ The bounds are held as tensors of shape :math:`(X,)`: ``discrete`` (0 or 1), ``l
 ``knee``, the scale :math:`s` of each one-sided map (:func:`knees`).
 """
 
-__all__ = ["dequantize", "describe", "from_free", "infer_support", "knees", "outside", "parse_support", "to_free"]
+__all__ = ["all_counts", "dequantize", "describe", "from_free", "infer_support", "knees", "outside", "parse_support", "to_free"]
 
 import math
 import torch
@@ -138,6 +138,12 @@ def outside(x: Tensor, discrete: Tensor, low: Tensor, high: Tensor) -> Tensor:
     continuous = (x <= low) | (x >= high)
     integer = (x != x.round()) | (x < low) | (x > high - 1)
     return torch.where(d, integer, continuous)
+
+
+def all_counts(discrete: Tensor, low: Tensor, high: Tensor) -> bool:
+    r"""Whether every column is a count: discrete, bounded below, unbounded above."""
+
+    return bool(discrete.bool().all() and torch.isfinite(low).all() and torch.isinf(high).all())
 
 
 def knees(y: Tensor, low: Tensor, high: Tensor) -> Tensor:
