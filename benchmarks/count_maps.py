@@ -45,7 +45,7 @@ def run(name: str, data: sbikit.Simulations, theta: torch.Tensor, epochs: int) -
     began = time.perf_counter()
     try:
         config = sbikit.TrainConfig(max_epochs=epochs, show_progress=False)
-        likelihood = sbikit.NLE(ricker.prior(), training=config).fit(data)
+        likelihood = sbikit.NLE(ricker.prior(), training=config, counts="dequantized").fit(data)
     finally:
         support.knees = knees
     torch.manual_seed(0)

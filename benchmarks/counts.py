@@ -171,7 +171,7 @@ def main(argv=None) -> None:
         print(table(["method", "C2ST per observation", "mean", "sd / reference (log r, sigma, phi)", "train s",
                      "epochs"], npe_rows(prior, data, observations, args.draws, args.seed)))
         return
-    config = sbikit.TrainConfig(show_progress=False, seed=args.seed, max_epochs=20 if args.quick else 200)
+    config = sbikit.TrainConfig(show_progress=False, seed=args.seed, max_epochs=20 if args.quick else None)
     began = time.perf_counter()
     likelihood = sbikit.NLE(prior, training=config, parameter_names=ricker.PARAMETER_NAMES).fit(data)
     nle_seconds = time.perf_counter() - began
@@ -189,6 +189,7 @@ def main(argv=None) -> None:
     print()
     observations = []
     rng = np.random.default_rng(args.seed + 2)
+    torch.manual_seed(args.seed + 2)  # the same observations whatever ran before
     truths = [CLASSIC] + list(prior.sample((args.observations - 1,)))
     for truth in truths[: args.observations]:
         observations.append((truth, torch.as_tensor(ricker.simulator(truth.double().numpy(), rng), dtype=torch.float32)))

@@ -135,6 +135,9 @@ def test_automatic_settings_follow_the_number_of_rows():
     assert small[3:] == large[3:] == (5.0, 20)
     assert TrainConfig().resolve(90_000, kind="likelihood") == (*large[:3], 1.0, 40)
     assert TrainConfig(steps=500).resolve(900, kind="likelihood")[2] == 34  # 500 steps of 15 per epoch
+    # NLE's count model: NLE's settings over twice the epochs, unless they are set
+    assert TrainConfig().resolve(900, kind="counts") == (batch, rate, 500, 1.0, 40)
+    assert chosen.resolve(900, kind="counts") == chosen.resolve(900)
     with pytest.raises(ValueError, match="kind must be one of"):
         TrainConfig().resolve(900, kind="sets")
 

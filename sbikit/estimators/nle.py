@@ -644,7 +644,8 @@ class NLE:
                 with train_location_only(network.flow) as any_to_train:
                     if any_to_train:
                         stage = fit(network, tensors, self.training, "location", "location")
-            likelihood.history = fit(network, tensors, self.training, "training", "likelihood")
+            kind = "likelihood" if network.counts is None else "counts"
+            likelihood.history = fit(network, tensors, self.training, "training", kind)
         if stage is not None:
             likelihood.history["location_stage"] = stage
         likelihood.history["adjusted"] = self.adjust and math.prod(data.x_shape) <= MAX_ADJUSTED
