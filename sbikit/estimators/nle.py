@@ -48,7 +48,8 @@ one), NLE models it with :class:`sbikit.estimators.counts.CountModel` instead of
 that needs neither a map nor dequantization (``docs/design.md`` compares the two on Ricker).
 
 Other columns of integers are discrete, and a density fitted to them piles up on the
-integers, where its height is arbitrary. Those columns are dequantized: the flow learns the density of :math:`x + v`, with
+integers, where its height is arbitrary. Those columns are dequantized: the flow learns the
+density of :math:`x + v`, with
 :math:`v \sim \mathcal{U}[0, 1)`, whose integral over the cell :math:`[x, x + 1)` is the
 probability of :math:`x`. :meth:`Likelihood.sample` returns :math:`\lfloor x + v \rfloor`
 (integers) and :meth:`Likelihood.log_prob` the density at the cell's centre,
@@ -177,10 +178,12 @@ class NLENetwork(nn.Module):
         self.x_range = TrainingRange(size)
 
     def context(self, r: Tensor) -> Tensor:
-        r"""The flow's or count model's context :math:`(*, F)` for network inputs :math:`r` :math:`(*, D_u + D)`."""
+        r"""The context :math:`(*, F)` of the flow or the count model, for inputs :math:`r` :math:`(*, D_u + D)`."""
 
         c = r[..., self.context_index]
-        return c if self.embedding is None else self.embedding(c.reshape(-1, c.shape[-1])).reshape(*c.shape[:-1], -1)
+        if self.embedding is None:
+            return c
+        return self.embedding(c.reshape(-1, c.shape[-1])).reshape(*c.shape[:-1], -1)
 
     def forward(self, r: Tensor) -> Distribution:
         shift = LowerAffineTransform(r @ self.x_coef.T, self.x_tril)
@@ -199,7 +202,7 @@ class NLENetwork(nn.Module):
         return self.counts.log_prob(counts, self.context(r).reshape(len(counts), -1)).reshape(shape)
 
     def sample_x(self, r: Tensor, num_samples: int) -> Tensor:
-        r"""Draws flat observations :math:`(n, *, X)`, inside the support, for inputs :math:`r` :math:`(*, D_u + D)`."""
+        r"""Draws flat observations :math:`(n, *, X)` inside the support, for inputs :math:`r` :math:`(*, D_u + D)`."""
 
         if self.counts is None:
             w = self.x_loc + self.x_scale * self(r).sample((num_samples,))
@@ -486,7 +489,8 @@ class Likelihood(io.Saveable):
             raise ValueError("this likelihood was trained without an embedding network; load it without one.")
         builder = flow if flow is not None else functools.partial(io.rebuild, "flow", None, specs["flow"])
         features = from_unconstrained(prior, specs["intervals"]).inverse_shape(prior.event_shape)[-1]
-        network = NLENetwork(features, config["x_shape"], embedding, builder, prior.event_shape[0], specs["counts"])
+        network = NLENetwork(features, config["x_shape"], embedding, builder, prior.event_shape[0],
+                             specs["counts"])
         likelihood = cls(prior, network, config["parameter_names"], specs)
         likelihood.history = config.get("history", {})
         return likelihood
@@ -668,7 +672,8 @@ class NLE:
             declared = support.parse_support(self.x_support, x.shape[1])
             support.infer_support(x, *declared)
             discrete, low, high, _ = declared
-            counts = self.count_model if self.counts == "autoregressive" and support.all_counts(discrete, low, high) else None
+            as_counts = self.counts == "autoregressive" and support.all_counts(discrete, low, high)
+            counts = dict(self.count_model) if as_counts else None
             network = NLENetwork(features, data.x_shape, embedding, self.flow, self.prior.event_shape[0], counts)
             specs = {
                 "prior": io.prior_spec(self.prior),
