@@ -230,8 +230,7 @@ class TrainConfig:
         epochs, and 0.586 and 0.596 after all of them.
 
         NLE's count model (``"counts"``) takes twice NLE's epochs: a GRU over the counts learns
-        slowly, and on Ricker's 50 counts its validation loss still fell at the last of 200
-        epochs (``docs/design.md``).
+        more slowly than a flow (``docs/design.md`` measures it).
 
         Raises:
             ValueError: If ``kind`` is not one of those.
