@@ -7,7 +7,8 @@ r"""Benchmark of NLE and NPE on counts: the Ricker model's 50 Poisson counts (``
    of zeros, mean and variance. A statistic passes where the emulator's is within 10% of the
    simulator's or within 3 Monte Carlo standard errors of the difference, whichever is larger;
    the table gives the worst ratio of error to that tolerance (at most 1 passes) and the C2ST
-   of :func:`sbikit.diagnostics.emulator_check`.
+   of :func:`sbikit.diagnostics.emulator_check`. ``--null R`` scores the simulator itself, against
+   :math:`R` independent sets of its draws: the worst of 50 ratios that an exact emulator gets.
 2. **Posterior.** For :math:`K` observations (the classic truth :math:`(3.8, 0.3, 10)`, then
    prior draws), the reference posterior by a particle filter on a grid
    (:func:`ricker.reference_posterior`), against 10,000 draws of NLE's MCMC posterior and of
@@ -26,6 +27,7 @@ Run it from the repository root, alone on the machine::
     python benchmarks/counts.py --series           # table 3
     python benchmarks/counts.py --observations 1   # one posterior
     python benchmarks/counts.py --quick            # smoke test: N = 2,000, 1 observation, 2,000 draws
+    python benchmarks/counts.py --null 10          # table 1's criterion for an exact emulator
 """
 
 import argparse
@@ -84,6 +86,26 @@ def emulator_rows(likelihood, simulator, theta: torch.Tensor, draws: int, seed: 
         rows.append([", ".join(f"{v:.3g}" for v in t.tolist()), f"{(sim == 0).mean():.3f}", f"{(emu == 0).mean():.3f}",
                      f"{outside:.4f}", f"{ratios['zeros']:.2f}", f"{ratios['mean']:.2f}", f"{ratios['variance']:.2f}",
                      f"{check.accuracy[k]:.3f}"])
+    return rows
+
+
+def null_rows(theta: torch.Tensor, draws: int, replicates: int, seed: int) -> list[list[str]]:
+    r"""The same criterion for the simulator against ``replicates`` independent sets of its own draws:
+    what an exact emulator would score."""
+
+    rows = []
+    for k, t in enumerate(theta):
+        rng = np.random.default_rng(seed + k)  # table 1's simulator draws
+        sim = np.stack([ricker.simulator(t.double().numpy(), rng) for _ in range(draws)])
+        ratios = []
+        for r in range(replicates):
+            rng = np.random.default_rng(1000 + 100 * k + r)
+            ratios.append(tolerance_ratio(sim, np.stack([ricker.simulator(t.double().numpy(), rng) for _ in range(draws)])))
+        cells = [", ".join(f"{v:.3g}" for v in t.tolist())]
+        for key in ("zeros", "mean", "variance"):
+            values = np.array([r[key] for r in ratios])
+            cells.append(f"{np.median(values):.2f} ({values.min():.2f}-{values.max():.2f}), {int((values > 1).sum())}")
+        rows.append(cells)
     return rows
 
 
@@ -155,10 +177,19 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--series", action="store_true", help="table 3 only: NPE's summaries against sbi's NPE")
+    parser.add_argument("--null", type=int, default=0, metavar="R",
+                        help="table 1's criterion for the simulator against R sets of its own draws, alone")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_simulations, args.parameters, args.observations, args.draws = 2000, 2, 1, 2000
     prior = ricker.prior()
+    if args.null:
+        torch.manual_seed(args.seed + 1)  # table 1's parameters
+        print(f"The simulator against {args.null} independent sets of {args.draws} of its own draws: "
+              "median err/tol (range), and how many sets exceed 1")
+        print(table(["theta", "zeros", "mean", "variance"],
+                    null_rows(prior.sample((args.parameters,)), args.draws, args.null, args.seed)))
+        return
     simulator = sbikit.Simulator(ricker.simulator, prior, batched=False, numpy=True, rng=True)
     data = sbikit.simulate(simulator, args.num_simulations, seed=args.seed, show_progress=False)
     if args.series:

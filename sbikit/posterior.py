@@ -48,6 +48,7 @@ from .io import Saveable
 from .mcmc import HMC, MCMCConfig, StudentMixture, importance_fit, mixture_fit
 from .priors import clamp_to_support, in_support
 from .proposals import _PSEUDO, spread_points
+from .smc import temper
 
 
 _PILOT_DRAWS = 256  # draws per observation that tell whether a truncated flow's mass inside its box is 1
@@ -475,6 +476,19 @@ _TEMPER_ROWS = 2**14  # fewer with many trials: (particle, trial) pairs up to th
 _TEMPER_ESS = 0.8  # each tempering step keeps this share of the particles' effective sample size
 _MOVES = 5  # random-walk Metropolis moves of every particle after each tempering step
 _MAX_TEMPERING = 200  # tempering steps at most; then the last step goes straight to the posterior
+_BATCH_PARTICLES = 512  # PerObservationPosterior's tempered SMC: particles per observation at least,
+_BATCH_ROWS = 2**16  # (particle, observation) pairs per network call at most (one observation at least)
+_SETTLE = 0.95  # and the share of each observation's particles moved after the last resampling
+
+
+def _log_prior(prior: Distribution, transform: Transform, u: Tensor) -> Tensor:
+    r""":math:`\log p(T(u)) + \log |\det J_T(u)|`, :math:`(*)`, of points :math:`(*, D)`: the prior's
+    density in unconstrained space (the map in float64, so the tails do not round onto a bound)."""
+
+    u = u.double()
+    theta = transform(u)
+    jacobian = transform.log_abs_det_jacobian(u, theta)
+    return prior.log_prob(clamp_to_support(theta.float(), prior)) + jacobian.float()
 
 
 def _ess(log_w: Tensor) -> float:
@@ -596,13 +610,7 @@ class MCMCPosterior(Posterior):
         self._chains = None
 
     def _log_prior(self, u: Tensor) -> Tensor:
-        r""":math:`\log p(T(u)) + \log |\det J_T(u)|`, :math:`(C,)`: the prior's density in
-        unconstrained space (the map in float64, so the tails do not round onto a bound)."""
-
-        u = u.double()
-        theta = self.transform(u)
-        jacobian = self.transform.log_abs_det_jacobian(u, theta)
-        return self.prior.log_prob(clamp_to_support(theta.float(), self.prior)) + jacobian.float()
+        return _log_prior(self.prior, self.transform, u)
 
     def _log_density(self, u: Tensor, trials: Tensor | None = None) -> Tensor:
         r"""The log posterior density :math:`(C,)` of points :math:`(C, D)`; with ``trials``, a
@@ -784,12 +792,9 @@ class MCMCPosterior(Posterior):
         return climbed
 
     def _temper(self) -> Tensor:
-        r"""Draws :math:`(P, D)` from the posterior by sequential Monte Carlo: prior draws,
-        reweighted by the likelihood raised to a power :math:`\beta` that grows from 0 to 1
-        in steps that each keep ``_TEMPER_ESS`` of the effective sample size, resampled
-        (systematically) after each step and moved by ``_MOVES`` random-walk Metropolis steps on
-        the tempered density, the proposal's covariance that of the particles, scaled towards
-        a quarter accepted.
+        r"""Draws :math:`(P, D)` from the posterior by tempered sequential Monte Carlo from the
+        prior (:func:`sbikit.smc.temper`: steps that each keep ``_TEMPER_ESS`` of the effective
+        sample size, ``_MOVES`` random-walk moves after each).
 
         Unlike importance sampling from the prior, which finds a narrow mode only if a prior
         draw lands in it, the tempered densities are broad at first and narrow step by step,
@@ -802,48 +807,11 @@ class MCMCPosterior(Posterior):
         :math:`P \times N` would exceed ``_TEMPER_ROWS`` = 16,384 (:math:`N` trials), at least 256."""
 
         count = max(256, min(_PARTICLES, _TEMPER_ROWS // len(self.trials)))
-        u, log_l = self._candidates(count)
-        u, log_l, log_p = u.double(), log_l.double(), self._log_prior(u).double()
-        beta, scale = 0.0, 2.38 / math.sqrt(u.shape[-1])
-        positions = torch.arange(count, dtype=torch.float64)
-        for step in range(_MAX_TEMPERING):
-            beta, weights = self._next_power(log_l, beta, last=step == _MAX_TEMPERING - 1)
-            cumulative = torch.cumsum(weights, 0)
-            index = torch.searchsorted(cumulative, (positions + float(torch.rand(()))) / count * cumulative[-1])
-            u, log_l, log_p = (t[index.clamp(max=count - 1)] for t in (u, log_l, log_p))
-            tril = _spread(u)
-            for _ in range(_MOVES):
-                proposed = u + scale * torch.randn_like(u) @ tril.T
-                new_l, new_p = self._log_likelihood(proposed.float()).double(), self._log_prior(proposed).double()
-                log_ratio = torch.nan_to_num(beta * (new_l - log_l) + new_p - log_p, nan=-math.inf)
-                accept = torch.log(torch.rand(count, dtype=torch.float64)) < log_ratio
-                u[accept], log_l[accept], log_p[accept] = proposed[accept], new_l[accept], new_p[accept]
-                scale *= math.exp(float(accept.double().mean()) - 0.25)
-            if beta >= 1.0:
-                break
-        return u.float()
-
-    @staticmethod
-    def _next_power(log_l: Tensor, beta: float, last: bool = False) -> tuple[float, Tensor]:
-        r"""The next power of the likelihood, whose incremental weights keep ``_TEMPER_ESS`` of the
-        effective sample size (found by bisection; 1 if it already does, or if ``last``), and
-        those weights :math:`(P,)`."""
-
-        def log_weights(power: float) -> Tensor:
-            return torch.nan_to_num((power - beta) * log_l, nan=-math.inf)
-
-        def share(power: float) -> float:
-            return _ess(log_weights(power)) / len(log_l)
-
-        if last or share(1.0) >= _TEMPER_ESS:
-            power = 1.0
-        else:
-            low, high = beta, 1.0
-            for _ in range(50):
-                middle = (low + high) / 2
-                low, high = (middle, high) if share(middle) >= _TEMPER_ESS else (low, middle)
-            power = max(low, beta + 1e-12)
-        return power, torch.softmax(log_weights(power), 0)
+        u, _ = self._candidates(count)
+        u = u[torch.isfinite(u).all(-1)]  # prior draws that map to a point
+        tempered = temper(lambda v: self._log_likelihood(v[0])[None], lambda v: self._log_prior(v[0])[None], u[None],
+                          ess=_TEMPER_ESS, moves=_MOVES, max_steps=_MAX_TEMPERING)
+        return tempered.particles[0]
 
     def _start(self) -> tuple[Tensor, tuple[Tensor, Tensor], StudentMixture]:
         r"""The chains' starting points :math:`(C, D)`, a Gaussian approximation (mean,
@@ -1137,21 +1105,44 @@ class MCMCPosterior(Posterior):
 
 
 class PerObservationPosterior(Posterior):
-    r"""The posterior of any observation under a likelihood, sampled by MCMC anew for each one.
+    r"""The posterior of any observation under a likelihood, sampled anew for each one.
 
     It meets the diagnostics' contract (``sample(n, x=xs)`` :math:`\to (n, m, D)`,
     ``log_prob(theta, x=xs)``), so that :func:`sbikit.diagnostics.sbc`, ``coverage``, ``tarp``,
     ``recovery`` and ``check`` calibrate an NLE as they do an NPE. Each observation is one
-    trial: ``sample`` builds one :class:`MCMCPosterior` per observation and runs its chains,
-    so it costs :math:`m` MCMC runs; ``log_prob`` is unnormalized, with a constant that
-    differs between observations but not within one (which is all that ranks need). The
-    samplers' warnings are gathered into one per kind, with the number of observations
-    that raised it. :meth:`sbikit.Likelihood.posterior` without an observation returns one.
+    trial. ``log_prob`` is unnormalized, with a constant that differs between observations but
+    not within one (which is all that ranks need). :meth:`sbikit.Likelihood.posterior` without an
+    observation returns one.
+
+    ``sample`` draws for all :math:`m` observations at once:
+
+    - ``batched=True`` (the default): tempered sequential Monte Carlo from the prior
+      (:func:`sbikit.smc.temper`), :math:`P = \max(n, 512)` particles per observation, every
+      observation's particles in one network call per move (at most :math:`2^{16}` particles
+      per call, so observations go in groups of :math:`\lfloor 2^{16} / P \rfloor`). After the last
+      tempering step, moves at :math:`\beta = 1` go on until 95% of each observation's particles
+      have moved since the last resampling (at most 100 moves), and :math:`n` of the :math:`P`
+      particles, picked at random, are its draws. A ``RuntimeWarning`` says how many
+      observations fell short of that. ``history`` holds each observation's tempering steps,
+      acceptance rate and share moved.
+    - ``batched=False``: one :class:`MCMCPosterior` per observation (its start search, its
+      chains and its convergence checks), :math:`m` runs in sequence. Their warnings are
+      gathered into one per kind, with the number of observations that raised it.
+
+    ``docs/design.md`` ("Calibrating NLE") compares the two, in draws' accuracy and in time.
 
     Arguments:
-        likelihood: The surrogate, with ``posterior(x_obs, mcmc)``, ``x_shape`` and ``prior``.
-        mcmc: The samplers' settings (their own progress bars are off; one bar counts the
-            observations); :class:`sbikit.MCMCConfig()` by default.
+        likelihood: The surrogate, with ``posterior(x_obs, mcmc)``, ``log_prob(x, theta)``,
+            ``check_counts``, ``check_support``, ``transform``, ``x_shape`` and ``prior``.
+        mcmc: The settings of the MCMC runs of ``batched=False`` and of :meth:`to_arviz` (their
+            own progress bars are off; one bar counts the observations); :class:`sbikit.MCMCConfig()`
+            by default.
+        batched: Sample all observations together by tempered SMC, or each by its own MCMC run.
+
+    Example:
+        >>> posterior = likelihood.posterior()  # doctest: +SKIP
+        >>> posterior.sample(100, x=test.x).shape  # doctest: +SKIP
+        torch.Size([100, 200, 3])
     """
 
     kind = "MCMC per observation"
@@ -1159,10 +1150,12 @@ class PerObservationPosterior(Posterior):
     normalized = False
     independent_draws = False
 
-    def __init__(self, likelihood, mcmc: MCMCConfig | None = None) -> None:
+    def __init__(self, likelihood, mcmc: MCMCConfig | None = None, batched: bool = True) -> None:
         if mcmc is not None and not isinstance(mcmc, MCMCConfig):
             raise TypeError(f"mcmc must be a sbikit.MCMCConfig, got {type(mcmc).__name__}.")
-        self.likelihood, self.mcmc = likelihood, mcmc if mcmc is not None else MCMCConfig()
+        if not isinstance(batched, bool):
+            raise TypeError(f"batched must be True or False, got {batched!r}.")
+        self.likelihood, self.mcmc, self.batched = likelihood, mcmc if mcmc is not None else MCMCConfig(), batched
         self.prior, self.parameter_names = likelihood.prior, likelihood.parameter_names
         self.x_shape, self.network = likelihood.x_shape, likelihood.network
         self.history: dict = {}
@@ -1173,9 +1166,7 @@ class PerObservationPosterior(Posterior):
 
         quiet = dataclasses.replace(self.mcmc, show_progress=False)
         results, raised = [], {}
-        show = self.mcmc.show_progress
-        disable = True if len(x) < 2 or show is False else None if show is None else False
-        for j, obs in enumerate(tqdm(x, desc=what, unit="observation", disable=disable)):
+        for j, obs in enumerate(tqdm(x, desc=what, unit="observation", disable=self._quiet(len(x)))):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 results.append(work(self.likelihood.posterior(obs, quiet), j))
@@ -1185,16 +1176,75 @@ class PerObservationPosterior(Posterior):
             warnings.warn(f"{count} of {len(x)} observations warned, the first: {message}", category, stacklevel=3)
         return results
 
+    def _quiet(self, count: int) -> bool | None:
+        show = self.mcmc.show_progress
+        return True if count < 2 or show is False else None if show is None else False
+
+    def _tempered(self, num_samples: int, x: Tensor) -> Tensor:
+        r"""Draws :math:`(n, m, D)` for observations :math:`(m, *x\_shape)` by tempered SMC, in groups."""
+
+        lik, prior, transform, dim = self.likelihood, self.prior, self.likelihood.transform, self.theta_dim
+        lik.check_counts(x, "x")
+        lik.check_support(x, "x")
+        count = max(num_samples, _BATCH_PARTICLES)
+        started, draws = time.perf_counter(), []
+        history = {"sampler": "tempered SMC", "particles": count, "steps": [], "acceptance": [], "moved": []}
+        with tqdm(total=len(x), desc="sampling", unit="observation", disable=self._quiet(len(x))) as bar:
+            for first in range(0, len(x), max(1, _BATCH_ROWS // count)):
+                group = x[first : first + max(1, _BATCH_ROWS // count)]
+                k = len(group)
+
+                def log_likelihood(u: Tensor) -> Tensor:  # (k, P, D) -> (k, P)
+                    theta = clamp_to_support(transform(u.double()).float(), prior)
+                    return lik.log_prob(group, theta.transpose(0, 1)).transpose(0, 1)
+
+                with torch.no_grad():
+                    theta = clamp_to_support(prior.sample((k, count)), prior)
+                    u = transform.inv(theta.double()).float()
+                    empty = ~torch.isfinite(log_likelihood(u)).any(-1)
+                if bool(empty.any()):
+                    raise SamplingError(
+                        f"none of {count} prior draws gives observation {first + int(empty.nonzero()[0])} a finite "
+                        "likelihood; check it against the simulator's outputs."
+                    )
+                with torch.no_grad():
+                    out = temper(log_likelihood, functools.partial(_log_prior, prior, transform), u, ess=_TEMPER_ESS,
+                                 moves=_MOVES, max_steps=_MAX_TEMPERING, settle=_SETTLE)
+                pick = torch.rand(k, count).argsort(-1)[:, :num_samples]
+                chosen = out.particles.gather(1, pick[..., None].expand(k, num_samples, dim))
+                draws.append(clamp_to_support(transform(chosen.double()).float(), prior))
+                history["steps"] += [out.steps] * k
+                history["acceptance"] += out.acceptance.tolist()
+                history["moved"] += out.moved.tolist()
+                bar.update(k)
+        history["seconds"] = time.perf_counter() - started
+        self.history = history
+        short = sum(share < _SETTLE for share in history["moved"])
+        if short:
+            warnings.warn(
+                f"for {short} of {len(x)} observations, fewer than {_SETTLE:.0%} of the particles moved after the "
+                f"last resampling (the least {min(history['moved']):.0%}), so draws repeat; compare with "
+                "batched=False (an MCMC run per observation).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return torch.cat(draws).transpose(0, 1)
+
     def sample(self, num_samples: int, x: object) -> Tensor:
         r"""Draws :math:`(n, D)` from the posterior of one observation :math:`(*x\_shape)`, or
-        :math:`(n, m, D)` for :math:`m` observations :math:`(m, *x\_shape)`, one MCMC run each."""
+        :math:`(n, m, D)` for :math:`m` observations :math:`(m, *x\_shape)`: by tempered SMC
+        for all at once, or with ``batched=False`` one MCMC run each."""
 
         num_samples = check_count(num_samples, "num_samples")
         x, batch = check_x(x, self.x_shape)
         if len(batch) > 1:
             raise ValueError(f"x has shape {tuple(x.shape)}; pass one observation {tuple(self.x_shape)} or a "
                              f"batch (m, {', '.join(map(str, self.x_shape))}).")
-        draws = self._each(x.reshape(-1, *self.x_shape), lambda post, j: post.sample(num_samples), "sampling")
+        flat = x.reshape(-1, *self.x_shape)
+        if self.batched:
+            draws = self._tempered(num_samples, flat)
+            return draws[:, 0] if not batch else draws
+        draws = self._each(flat, lambda post, j: post.sample(num_samples), "sampling")
         return draws[0] if not batch else torch.stack(draws, 1)
 
     def log_prob(self, theta: object, x: object) -> Tensor:
@@ -1215,7 +1265,8 @@ class PerObservationPosterior(Posterior):
         return self.likelihood.posterior(x, self.mcmc).to_arviz(num_samples)
 
     def config(self) -> dict:
-        return {"likelihood": {"kind": self.likelihood.kind, **self.likelihood.config()}, "mcmc": self.mcmc.to_dict()}
+        return {"likelihood": {"kind": self.likelihood.kind, **self.likelihood.config()}, "mcmc": self.mcmc.to_dict(),
+                "batched": self.batched}
 
     @classmethod
     def from_config(cls, config: dict, **components) -> "PerObservationPosterior":
@@ -1224,4 +1275,5 @@ class PerObservationPosterior(Posterior):
         spec = config["likelihood"]
         likelihood_class = Saveable.kinds[spec["kind"]]
         check_components(likelihood_class, spec["kind"], components)
-        return cls(likelihood_class.from_config(spec, **components), MCMCConfig(**config["mcmc"]))
+        return cls(likelihood_class.from_config(spec, **components), MCMCConfig(**config["mcmc"]),
+                   config.get("batched", True))

@@ -433,7 +433,7 @@ class Likelihood(io.Saveable):
         return self._log_q(v, x).cpu()
 
     def posterior(
-        self, x_obs: object = None, mcmc: MCMCConfig | None = None
+        self, x_obs: object = None, mcmc: MCMCConfig | None = None, batched: bool = True
     ) -> MCMCPosterior | PerObservationPosterior:
         r"""The posterior :math:`p(\theta | x_1, \dots, x_N) \propto p(\theta) \prod_i q(x_i | \theta)`,
         sampled by MCMC: independence proposals from an importance fit (a Gaussian or a
@@ -444,8 +444,10 @@ class Likelihood(io.Saveable):
                 :math:`(N, *x\_shape)` of the same parameters (for mixed-effects data, the
                 :math:`N` members of one group, :math:`(N, L)`); None for the posterior of any
                 one observation, which the diagnostics calibrate
-                (``dx.sbc(likelihood.posterior(), test)``), at one MCMC run per test observation.
+                (``dx.sbc(likelihood.posterior(), test)``).
             mcmc: The sampler's settings; :class:`sbikit.MCMCConfig()` by default.
+            batched: Without ``x_obs``: whether the posterior samples many observations together,
+                by tempered SMC, or each by its own MCMC run (see :class:`sbikit.PerObservationPosterior`).
 
         Returns:
             An :class:`sbikit.MCMCPosterior`, whose chains run when it is first sampled; without
@@ -461,7 +463,7 @@ class Likelihood(io.Saveable):
         """
 
         if x_obs is None:
-            return PerObservationPosterior(self, mcmc)
+            return PerObservationPosterior(self, mcmc, batched)
         posterior = MCMCPosterior(self, x_obs, mcmc)
         self.check_counts(posterior.trials, "x_obs")
         self.check_support(posterior.trials, "x_obs")
