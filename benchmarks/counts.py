@@ -9,6 +9,9 @@ r"""Benchmark of NLE and NPE on counts: the Ricker model's 50 Poisson counts (``
    the table gives the worst ratio of error to that tolerance (at most 1 passes) and the C2ST
    of :func:`sbikit.diagnostics.emulator_check`. ``--null R`` scores the simulator itself, against
    :math:`R` independent sets of its draws: the worst of 50 ratios that an exact emulator gets.
+   ``--family`` fits the count model's family (a mixture of negative binomials) to the simulator's
+   draws of one count at each parameter alone, by maximum likelihood: how close the family itself
+   comes to each count's mean and variance, with no amortization over the parameters.
 2. **Posterior.** For :math:`K` observations (the classic truth :math:`(3.8, 0.3, 10)`, then
    prior draws), the reference posterior by a particle filter on a grid
    (:func:`ricker.reference_posterior`), against 10,000 draws of NLE's MCMC posterior and of
@@ -16,10 +19,15 @@ r"""Benchmark of NLE and NPE on counts: the Ricker model's 50 Poisson counts (``
    and the posterior sd of each parameter, and the times.
 
 3. **NPE on the counts as a plain tensor** (``--series``): the same references against sbikit's
-   NPE with its default summary (an MLP), with ``summary="series"`` (the counts read as a
-   series of 50 steps: a 1-D convolutional network), and sbi's NPE with its defaults, all
+   NPE with an MLP summary (``summary="mlp"``, the default for long vectors before the race),
+   with its default (for a vector of 20 values or more, the MLP and ``summary="series"``, the
+   counts read as a series of 50 steps by a 1-D convolutional network, both trained and the
+   lower validation loss kept; the row names both losses), and sbi's NPE with its defaults, all
    trained on the same simulations: the C2ST, the posterior sd over the reference's, and the
    training time.
+   ``--hybrid`` adds a summary defined here (:class:`ConvMLP`: the MLP beside that
+   convolutional network, their summaries mixed by a linear layer). ``--seed`` changes the
+   simulations, the observations and the training seed.
 
 Run it from the repository root, alone on the machine::
 
@@ -28,6 +36,7 @@ Run it from the repository root, alone on the machine::
     python benchmarks/counts.py --observations 1   # one posterior
     python benchmarks/counts.py --quick            # smoke test: N = 2,000, 1 observation, 2,000 draws
     python benchmarks/counts.py --null 10          # table 1's criterion for an exact emulator
+    python benchmarks/counts.py --family           # the count model's family at each parameter alone
 """
 
 import argparse
@@ -46,6 +55,20 @@ from sbikit import diagnostics as dx
 from sbikit.simulators import ricker
 
 CLASSIC = torch.tensor([3.8, 0.3, 10.0])
+
+
+class ConvMLP(torch.nn.Module):
+    r"""A vector :math:`(T,)` summarized whole by sbikit's default MLP and in order by a
+    :class:`sbikit.nn.ConvSummary` over its :math:`T` values, the two mixed by a linear layer."""
+
+    def __init__(self, size: int, features: int = 32) -> None:
+        super().__init__()
+        self.mlp = sbikit.nn.MLP(size, features, (128, 128))
+        self.conv = sbikit.nn.ConvSummary(1, features)
+        self.out = torch.nn.Linear(2 * features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.mlp(x), self.conv(x.unsqueeze(-1))], -1))
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -109,6 +132,46 @@ def null_rows(theta: torch.Tensor, draws: int, replicates: int, seed: int) -> li
     return rows
 
 
+def negative_binomial_mixture(counts: np.ndarray, components: int, steps: int = 3000) -> tuple[float, float]:
+    r"""The mean and variance of a mixture of negative binomials fitted to ``counts`` :math:`(N,)` by
+    maximum likelihood (Adam, float64): the count model's family at one parameter, with no amortization."""
+
+    k = torch.as_tensor(counts, dtype=torch.float64).unsqueeze(-1)
+    logits = torch.zeros(components, dtype=torch.float64, requires_grad=True)
+    log_mean = (k.mean().add(0.5).log() + torch.linspace(-2, 2, components, dtype=torch.float64)).requires_grad_()
+    log_size = torch.ones(components, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([logits, log_mean, log_size], lr=0.05)
+    for _ in range(steps):
+        n = log_size.exp()
+        log_p = (torch.lgamma(k + n) - torch.lgamma(n) - torch.lgamma(k + 1)
+                 - n * torch.nn.functional.softplus(log_mean - log_size) - k * torch.nn.functional.softplus(log_size - log_mean))
+        loss = -torch.logsumexp(logits.log_softmax(-1) + log_p, -1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        w, mu, n = logits.softmax(-1), log_mean.exp(), log_size.exp()
+        mean = (w * mu).sum()
+        return float(mean), float((w * (mu + mu**2 / n + mu**2)).sum() - mean**2)
+
+
+def family_rows(theta: torch.Tensor, draws: int, seed: int, columns=(0, 10)) -> list[list[str]]:
+    r"""Each column's mean and variance under a mixture of 4 and of 8 negative binomials fitted to
+    ``draws`` simulator draws at each parameter alone, over the simulator's."""
+
+    rows = []
+    for k, t in enumerate(theta):
+        rng = np.random.default_rng(seed + k)  # table 1's simulator draws
+        sim = np.stack([ricker.simulator(t.double().numpy(), rng) for _ in range(draws)])
+        for column in columns:
+            cells = [", ".join(f"{v:.3g}" for v in t.tolist()), str(column)]
+            for components in (4, 8):
+                mean, variance = negative_binomial_mixture(sim[:, column], components)
+                cells.append(f"{mean / sim[:, column].mean():.3f} / {variance / sim[:, column].var():.3f}")
+            rows.append(cells)
+    return rows
+
+
 def posterior_rows(likelihood, npe, observations: list[tuple[torch.Tensor, torch.Tensor]], draws: int,
                    seed: int, quick: bool) -> list[list[str]]:
     rows = []
@@ -137,15 +200,23 @@ def posterior_rows(likelihood, npe, observations: list[tuple[torch.Tensor, torch
     return rows
 
 
-def npe_rows(prior, data, observations, draws: int, seed: int) -> list[list[str]]:
+def npe_rows(prior, data, observations, draws: int, seed: int, hybrid: bool = False) -> list[list[str]]:
     references = [ricker.reference_posterior(x, draws, seed=seed) for _, x in observations]
-    methods = {"sbikit NPE (default: mlp)": None, 'sbikit NPE (summary="series")': "series"}
+    torch.manual_seed(seed)  # the ConvMLP's starting weights
+    methods = {'sbikit NPE (summary="mlp", the default before)': "mlp", "sbikit NPE (default)": None}
+    if hybrid:
+        methods["sbikit NPE (summary=ConvMLP(50))"] = ConvMLP(ricker.NUM_COUNTS)
     trained = {}
     for name, summary in methods.items():
         config = sbikit.TrainConfig(show_progress=False, seed=seed)
         began = time.perf_counter()
         posterior = sbikit.NPE(prior, summary=summary, training=config).fit(data)
-        trained[name] = (posterior.sample, time.perf_counter() - began, posterior.history["epochs"])
+        history = posterior.history
+        if "summary" in history:  # the race of a long vector's two summaries
+            name += f": kept {history['summary']} ({', '.join(f'{k} {v:.3f}' for k, v in history['summary_race'].items())})"
+        else:
+            name += f" (validation loss {min(history['validation_loss']):.3f})"
+        trained[name] = (posterior.sample, time.perf_counter() - began, history["epochs"])
     try:
         sys.path.insert(0, str(pathlib.Path(__file__).parent))
         from npe import train_sbi
@@ -177,12 +248,22 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--series", action="store_true", help="table 3 only: NPE's summaries against sbi's NPE")
+    parser.add_argument("--hybrid", action="store_true", help="table 3 with a ConvMLP summary too")
+    parser.add_argument("--family", action="store_true",
+                        help="the count model's family fitted at each of table 1's parameters alone")
     parser.add_argument("--null", type=int, default=0, metavar="R",
                         help="table 1's criterion for the simulator against R sets of its own draws, alone")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_simulations, args.parameters, args.observations, args.draws = 2000, 2, 1, 2000
     prior = ricker.prior()
+    if args.family:
+        torch.manual_seed(args.seed + 1)  # table 1's parameters
+        print(f"Mixtures of negative binomials fitted to {args.draws} simulator draws at each parameter alone: "
+              "mean / variance over the simulator's")
+        print(table(["theta", "count", "4 components", "8 components"],
+                    family_rows(prior.sample((args.parameters,)), args.draws, args.seed)))
+        return
     if args.null:
         torch.manual_seed(args.seed + 1)  # table 1's parameters
         print(f"The simulator against {args.null} independent sets of {args.draws} of its own draws: "
@@ -194,13 +275,14 @@ def main(argv=None) -> None:
     data = sbikit.simulate(simulator, args.num_simulations, seed=args.seed, show_progress=False)
     if args.series:
         rng = np.random.default_rng(args.seed + 2)
+        torch.manual_seed(args.seed + 2)  # the same observations whatever ran before
         truths = [CLASSIC] + list(prior.sample((args.observations - 1,)))
         observations = [(t, torch.as_tensor(ricker.simulator(t.double().numpy(), rng), dtype=torch.float32))
                         for t in truths[: args.observations]]
         print(f"Ricker, {args.num_simulations} simulations as a plain (N, 50) tensor (seed {args.seed}); "
               f"torch threads {torch.get_num_threads()}")
         print(table(["method", "C2ST per observation", "mean", "sd / reference (log r, sigma, phi)", "train s",
-                     "epochs"], npe_rows(prior, data, observations, args.draws, args.seed)))
+                     "epochs"], npe_rows(prior, data, observations, args.draws, args.seed, args.hybrid)))
         return
     config = sbikit.TrainConfig(show_progress=False, seed=args.seed, max_epochs=20 if args.quick else None)
     began = time.perf_counter()

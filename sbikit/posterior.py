@@ -563,12 +563,8 @@ class MCMCPosterior(Posterior):
     draw of the proposal lies where the chains rarely go, and no :math:`\hat R` can see
     that, since all chains share the proposal. Where more than 5% of the particles lie so,
     the proposal gains a component per cluster of them, and a ``RuntimeWarning`` says when
-    more than 5% still do (``history["uncovered"]``). On SLCP (4 trials, an emulator
-    trained as in ``benchmarks/nle.py``, 5 observations and sampler seeds 0-3), 8 of the
-    20 runs had more than 5% beyond reach, and two of them gave a mode none of the draws;
-    with the components added, the 19 runs on independence chains had at most 5.0%, and
-    those two modes got 0.043 and 0.060 of the draws, as the other seeds gave that mode
-    (0.063 and 0.076).
+    more than 5% still do (``history["uncovered"]``); ``docs/design.md``, "MCMC's start",
+    has the measurement on SLCP.
 
     The likelihood must provide ``prior``, ``parameter_names``, ``x_shape``, ``network``,
     ``transform`` (:func:`sbikit.priors.from_unconstrained`), ``kind`` and ``config()``

@@ -93,10 +93,8 @@ class TrainConfig:
             after every step, with the decay :math:`\min(\text{average}, (1 + t) / (10 + t))`
             at step :math:`t`, so that early on it spans about the last tenth of the
             steps. Validation, early stopping and the weights kept all use the
-            average, which is less noisy than the last step's weights (at 10,000
-            simulations it lowered the C2ST on two_moons from 0.57 to 0.54 over
-            three seeds, and stopped a premature early stop). 0 keeps the last
-            step's weights.
+            average, which is less noisy than the last step's weights. 0 keeps the
+            last step's weights.
         seed: Seeds the split, the shuffling and the network's initialization.
         checkpoint: A directory for checkpoints; None keeps none. Training saves one
             every ``checkpoint_every`` epochs and when the process gets SIGTERM (at the
@@ -176,61 +174,15 @@ class TrainConfig:
         ``"location"`` (NLE's first stage, its flow's location and scale alone; see
         :meth:`sbikit.NLE.fit`) or ``"counts"`` (NLE's count model).
 
-        Larger batches amortize the per-step cost of a flow (on a CPU, a spline flow
-        costs about 2× less per row at 2,048 rows than at 256); the learning rate
-        grows with the square root of the batch size; and a cosine schedule over a
-        fixed number of steps ends at a small learning rate, where early stopping
-        on a constant rate would still be noisy.
-
-        The base rate, :math:`1.6 \cdot 10^{-3}` at 256 rows, replaced :math:`10^{-3}`: on
-        two_moons at 10,000 simulations it lowered NPE's mean C2ST over eight training
-        seeds from 0.559 to 0.547, and training stopped sooner. On ``benchmarks/npe.py``'s
-        other rows (one seed each) the C2ST moved by between -0.004 and +0.013.
-
-        Sets and series take batches half as large and twice the steps, so as many
-        epochs at most: their summary network (a GRU over every time step, a set
-        network over every member) costs about the same per row at any batch size, so
-        the larger batch buys no speed, only fewer updates. On ornstein_uhlenbeck at
-        5,000 simulations (batches of 512 against 1,024) NPE's mean C2ST over five
-        observations went from 0.609, 0.603 and 0.644 to 0.583, 0.581 and 0.620
-        (training seeds 0, 1 and 2), and training stopped sooner; halving the batch
-        alone gave 0.592 (seed 0), and batches of 256 with 4,000 steps 0.604.
-
-        NLE takes batches a quarter as large over as many epochs: more steps for the
-        same work (and the same settings from about 23,000 rows, where both batches
-        are capped). Its flow must place a simulator's noise, which may be far
-        narrower than the observations' range, at each parameter, and more, smaller
-        steps place it better. On two_moons at 10,000 simulations (batches of 512
-        against 2,048), the emulator's KL divergence averaged over the prior went from
-        0.073 to 0.062 (the mean over training seeds 0-3; batches of 1,024 gave 0.067,
-        and of 256 0.061 in twice the time), and its mean C2ST at the benchmark's five
-        parameters from 0.549 and 0.546 to 0.538 and 0.539 (seeds 0 and 1).
-
-        NLE also clips gradients at a norm of 1 instead of 5. With its couplings started
-        blind to the parameters, one training seed in eight on two_moons at 10,000
-        simulations hit a spike in the loss at epoch 16, and early stopping ended the
-        run 20 epochs later, before the validation loss had recovered (a KL divergence
-        of 0.129 against 0.033-0.058 for the others); clipped at 1, all eight ran
-        on (0.038-0.054, a mean of 0.047). Without that start, clipped at 1, the mean
-        over those seeds was 0.061, as it was clipped at 5 over seeds 0-3. The clip
-        does not stop every spike: on other simulations of two_moons (data seeds 1
-        and 2, training seeds 0-3), 3 of 8 runs still stopped at epochs 34-46, 20
-        epochs after a spike, with KL divergences of 0.091-0.199, and one at epoch 85
-        (0.075). So NLE waits 40 epochs instead of 20: those four went on to
-        0.038-0.064, and the other four were unchanged (as were all four on data seed
-        0), at the cost of 20 more epochs where a run would have stopped.
-
-        NLE's first stage takes its settings, with a quarter of its epochs (of
-        ``max_epochs`` too, where that is set): it trains a regression of the
-        observations' location and scale on the parameters, which had come within
-        0.01 nats of its best validation loss by epoch 30 of 200 on two simulators
-        (sinusoid and a heteroscedastic one, at 10,000 simulations). With a first stage
-        that trained both of the flow's element-wise layers, the emulator's C2ST on
-        sinusoid was 0.588 and 0.600 (training seeds 0 and 1) after a quarter of the
-        epochs, and 0.586 and 0.596 after all of them.
-
-        NLE's count model (``"counts"``) takes twice NLE's epochs: a GRU over the counts learns
-        more slowly than a flow (``docs/design.md`` measures it).
+        Larger batches amortize the per-step cost of a flow, the learning rate grows with
+        the square root of the batch size (:math:`1.6 \cdot 10^{-3}` at 256 rows), and a
+        cosine schedule over a fixed number of steps ends at a small learning rate. Sets and
+        series take batches half as large and twice the steps (their summary network costs
+        about the same per row at any batch size). NLE takes batches a quarter as large over
+        as many epochs, clips gradients at a norm of 1 instead of 5 and waits 40 epochs
+        instead of 20 before it stops. NLE's first stage (``"location"``) takes a quarter of
+        NLE's epochs, and its count model (``"counts"``) twice them. ``docs/design.md``,
+        "Training schedules", has the measurements behind each rule.
 
         Raises:
             ValueError: If ``kind`` is not one of those.

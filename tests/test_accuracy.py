@@ -85,3 +85,25 @@ def test_a_posterior_cut_off_by_the_box_matches_the_exact_one_at_the_edge():
     assert exact[~edge].mean() - learned[~edge].mean() < 0.05
     draws = posterior.sample(200, x=test.x[:200])
     assert bool(((draws > -2) & (draws < 2)).all())
+
+
+@pytest.mark.slow
+def test_a_long_vector_by_default():
+    # 24 noisy values on a grid, a level and a trend under a normal prior: the exact posterior is
+    # normal. A vector of 20 values or more races an MLP against a convolution by default; whichever
+    # is kept must match the exact posterior, as the MLP alone does on short vectors
+    steps = torch.linspace(0.0, 1.0, 24)
+    design = torch.stack([torch.ones(24), steps], 1)
+    prior = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1)
+    simulator = lambda theta: theta @ design.T + 0.3 * torch.randn(len(theta), 24)  # noqa: E731
+    data = sbikit.simulate(simulator, prior, 3_000, seed=0, show_progress=False)
+    posterior = sbikit.NPE(prior, training=sbikit.TrainConfig(show_progress=False)).fit(data)
+    assert set(posterior.history["summary_race"]) == {"mlp", "series"}
+    test = sbikit.simulate(simulator, prior, 2, seed=1, show_progress=False)
+    covariance = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + design.double().T @ design.double() / 0.09)
+    scores = []
+    for k in range(2):
+        mean = covariance @ design.double().T @ test.x[k].double() / 0.09
+        exact = torch.distributions.MultivariateNormal(mean, covariance).sample((5_000,)).float()
+        scores.append(c2st(exact, posterior.sample(5_000, x=test.x[k])).accuracy)
+    assert max(scores) < 0.60, scores

@@ -668,3 +668,29 @@ def test_npe_truncated_to_the_box_trains_reproducibly_saves_and_keeps_draws_insi
     assert torch.allclose(loaded.log_prob(draws, x=x), log_p)
     with pytest.raises(ValueError, match="bounds must be one of"):
         sbikit.NPE(prior, bounds="clip")
+
+
+@pytest.mark.filterwarnings("ignore::sbikit.SmallDataWarning")  # plumbing, on few simulations
+def test_a_long_vector_races_an_mlp_against_a_convolution_and_keeps_the_lower_validation_loss(box3, quick, tmp_path):
+    def long(theta):  # 24 values along a grid: a level and a trend, with noise
+        steps = torch.linspace(0.0, 1.0, 24)
+        return theta[:, :1] + theta[:, 1:2] * steps + 0.1 * torch.randn(len(theta), 24)
+
+    data = sbikit.simulate(long, box3, 200, seed=0, show_progress=False)
+    posterior = sbikit.NPE(box3, training=quick).fit(data)
+    race = posterior.history["summary_race"]
+    assert set(race) == {"mlp", "series"} and posterior.history["summary"] == min(race, key=race.get)
+    kept = {"mlp": sbikit.nn.MLP, "series": sbikit.nn.ConvSummary}[posterior.history["summary"]]
+    assert type(posterior.network.summary) is kept
+    # each candidate is the posterior that naming it trains, on the same split
+    for name, loss in race.items():
+        alone = sbikit.NPE(box3, summary=name, training=quick).fit(data)
+        assert "summary_race" not in alone.history
+        assert min(alone.history["validation_loss"] + [alone.history.get("initial_validation_loss", math.inf)]) == loss
+    theta, x = box3.sample((5,)), data.x[0]
+    posterior.save(tmp_path / "long.sbk")
+    loaded = sbikit.load(tmp_path / "long.sbk")
+    assert type(loaded.network.summary) is kept
+    assert torch.allclose(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x), atol=1e-5)
+    short = sbikit.simulate(lambda t: long(t)[:, :19], box3, 200, seed=0, show_progress=False)
+    assert "summary_race" not in sbikit.NPE(box3, training=quick).fit(short).history

@@ -21,11 +21,9 @@ from ..train import TrainConfig, held_out
 
 _MIN_SCALE = 1e-8
 # How estimators map bounded parameters (priors.from_unconstrained); files record it. NPE's flow sees
-# the inner 98% of an interval as it is, and the outer 1% at each edge through exponential tails. With
-# 5% there, two_moons' posteriors, which reach the box's edge, showed a band of misplaced draws inside
-# the outer 5%; with 1%, C2ST at 10,000 simulations fell from 0.551 to 0.528 (the mean over training
-# seeds 0-4, lower on each). NLE keeps 5%: its MCMC runs in this space, where narrower tails make
-# steeper walls at the edges.
+# the inner 98% of an interval as it is, and the outer 1% at each edge through exponential tails; NLE
+# keeps 5%, since its MCMC runs in this space, where narrower tails make steeper walls at the edges
+# (docs/design.md, "Tails of the map of an interval")
 NPE_INTERVALS = "linear-0.01"
 NLE_INTERVALS = "linear"
 MIN_SIMULATIONS = 20  # fewer valid simulations are refused

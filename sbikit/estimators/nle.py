@@ -25,11 +25,8 @@ map of an interval onto the real line is only there for MCMC; its tails stretch 
 outer 5% of the interval, so a simulator linear in :math:`\theta` is not linear in
 :math:`u` there, and a regression or a flow conditioned on :math:`u` must learn that
 bend from the few simulations near the bounds. A regression on both fits that bend
-as a feature: on two_moons it added a shift of 0.021 (twice the sd of the crescent's thickness) at
-:math:`\theta = (0.99, -0.74)`, which the flow, conditioned on :math:`u`, undid only in
-part. Reading :math:`t` in both places, at 10,000 simulations, took the emulator's C2ST
-there from 0.682 and 0.592 to 0.546 and 0.552 (training seeds 0 and 1), and its KL
-divergence averaged over the prior from 0.102 to 0.075 (the mean over seeds 0-5).
+as a feature, which the flow, conditioned on :math:`u`, undoes only in part
+(``docs/design.md``, "NLE's inputs, and integers in a flow", has the measurements).
 
 The flow models the z-scored, flattened observation :math:`z = (x - \mu_x) / \sigma_x`. As
 in NPE, a ridge regression :math:`z \approx B r` and the Cholesky factor :math:`L` of its
@@ -53,23 +50,13 @@ density of :math:`x + v`, with
 :math:`v \sim \mathcal{U}[0, 1)`, whose integral over the cell :math:`[x, x + 1)` is the
 probability of :math:`x`. :meth:`Likelihood.sample` returns :math:`\lfloor x + v \rfloor`
 (integers) and :meth:`Likelihood.log_prob` the density at the cell's centre,
-:math:`x + 1/2`, for :math:`\log P(x | \theta)`. On poisson_glm (10 counts, 10,000
-simulations) this took the MCMC posterior's C2ST against the exact one from 0.588, 0.709
-and 0.639 to 0.540, 0.595 and 0.579 at three observations.
+:math:`x + 1/2`, for :math:`\log P(x | \theta)`.
 
 Training draws a fresh :math:`v` for every row in every step (:meth:`NLENetwork.loss`);
-validation keeps one per row. With one :math:`v` per row throughout, the flow fitted
-those draws: on ten binary outcomes of a logistic regression in two parameters (10,000
-simulations) the validation loss was lowest at epoch 21 of 61, at 11.31, and 1.45 above
-the training loss by the end; the emulator's outcome probabilities were up to 0.09 off,
-and the posterior of 10 trials scored a C2ST of 0.69-0.96 against the exact one. With
-fresh draws, the validation loss fell for all 200 epochs, to 10.86, within 0.02 of the
-training loss; the probabilities were up to 0.07 off, and the posterior scored
-0.58-0.64. On poisson_glm, whose counts are larger, the three observations above scored
-0.537, 0.604 and 0.576 with fresh draws, against 0.550, 0.587 and 0.580 with one per row.
-Binary outcomes remain the hard case: the flow's density is not flat within a cell and
-leaks outside {0, 1}, so the density at the centre misjudges :math:`P(x | \theta)` by a
-factor that varies with :math:`\theta`.
+validation keeps one per row, so that the flow cannot fit the draws themselves. Binary
+outcomes remain the hard case: the flow's density is not flat within a cell and leaks
+outside {0, 1}, so the density at the centre misjudges :math:`P(x | \theta)` by a factor
+that varies with :math:`\theta`.
 """
 
 __all__ = ["NLE", "NLENetwork", "Likelihood", "natural_columns"]
@@ -125,16 +112,8 @@ class NLENetwork(nn.Module):
     couplings start blind to the parameters
     (:func:`sbikit.flows.start_couplings_without_context`): the element-wise layers
     carry the parameters' effect on location and scale from the first step, and the
-    couplings learn a dependence on them only as far as the data asks. On two_moons
-    this lowered the emulator's KL divergence, averaged over the prior and training
-    seeds 0-3, from 0.061 to 0.049 at 10,000 simulations and from 0.140 to 0.088 at
-    3,000; the noise's shape is the same at every parameter there. Where it is not
-    (:math:`x_2 | x_1 \sim \mathcal{N}(\theta x_1^2, 0.1^2)`, 5,000 simulations, seeds 0-1), it
-    went from 0.03-0.11 to 0.02-0.07 at :math:`\theta` = 0.1, 0.5 and 0.9. It cost
-    where there is nothing to learn: on :math:`\mathcal{N}(\theta, 0.1^2 I)` at
-    1,000-3,000 simulations, where the adjustment alone is exact, the emulator's
-    width at a corner of the box came out 7-8% off in 2 of 4 seeds (within 4%
-    before); at 10,000 simulations it was within 3% either way.
+    couplings learn a dependence on them only as far as the data asks (``docs/design.md``,
+    "NLE's inputs, and integers in a flow", has the measurements).
 
     Arguments:
         features: The number of unconstrained parameters :math:`D_u`.
@@ -596,29 +575,9 @@ class NLE:
         parameters. Then the whole flow trains from there; ``history`` is this second
         stage's, with the first's under ``history["location_stage"]``. Trained together
         from the start, the couplings, which read both the observations and the
-        parameters, fit the noise of the training rows before the location is learned.
-        At 10,000 simulations:
-
-        - sinusoid (20 observations): the validation loss was lowest after 11-13
-          epochs, and the emulator's mean C2ST at four parameters was 0.643 and 0.643
-          (training seeds 0 and 1); with the location first, 0.582 and 0.599;
-        - two_moons: the KL divergence averaged over the prior went from 0.049 to
-          0.042 (the mean over data seeds 0-2 and training seeds 0-3; the largest from
-          0.064 to 0.049), and the largest at the benchmark's five parameters from
-          0.077 to 0.066 (the mean over those runs; the largest of all from 0.159 to 0.131);
-        - a heteroscedastic, skewed simulator: 0.0210 and 0.0211 averaged over the
-          prior (training seeds 0-3), and 0.101 and 0.122 at a corner of the box.
-
-        Corners can lose: in ``benchmarks/nle.py --seed 2`` two_moons' emulator C2ST at
-        :math:`\theta = (-0.95, -1.00)` went from 0.584 to 0.644, while at its other four
-        parameters it went from 0.524-0.547 to 0.513-0.526. Where the data are few it
-        can cost too: on the banana of
-        :class:`NLENetwork` at 1,000 simulations and 40 epochs, the KL divergence at
-        :math:`\theta` = 0.1 and 0.5 went from 0.099 and 0.074 to 0.138 and 0.098 (the
-        mean over training seeds 0-3), and at 0.9 from 0.146 to 0.131; at 5,000 it
-        was the same or lower at all three. Training the element-wise layer on the
-        base side too let the two share the scale in any proportion, and on the
-        heteroscedastic simulator one run in four ended 0.015 nats worse. A flow
+        parameters, fit the noise of the training rows before the location is learned
+        (``docs/design.md``, "NLE's inputs, and integers in a flow", has the measurements,
+        including the corners and small budgets where the first stage costs). A flow
         without a leading element-wise layer (zuko's MAF) has one stage;
         ``location_first=False`` gives one stage for any flow.
         """

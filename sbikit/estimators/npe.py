@@ -94,6 +94,7 @@ class LowerAffineTransform(Transform):
 
 
 SUMMARIES = ("mlp", "set", "series")  # what summary= may name instead of a network
+LONG_VECTOR = 20  # plain vectors of this many values or more race an MLP against a convolution by default
 
 
 def _default_summary(x_shape: Size, structure: str | None = None, kind: str | None = None) -> nn.Module:
@@ -110,8 +111,7 @@ def _default_summary(x_shape: Size, structure: str | None = None, kind: str | No
         # as accurate as the GRU on Ricker's counts in a fifth of the time (docs/design.md)
         return ConvSummary(features)
     if kind == "series":
-        # 128 hidden units: on ornstein_uhlenbeck at 5,000 simulations, C2ST 0.60-0.62 against
-        # 0.68-0.70 with 64 (whose posteriors of the noise scale near its bound came out 2-3x too wide)
+        # 128 hidden units, not 64 (docs/design.md, "Long vectors and series given as plain tensors")
         return GRUSummary(features, hidden_features=128, pooling="last_and_mean")
     return MLP(list(x_shape), out_features=32, hidden_features=(128, 128))
 
@@ -355,13 +355,18 @@ class NPE:
         prior: The prior, a distribution over :math:`(D,)` with a support.
         summary: A summary network :math:`(B, *x\_shape) \to (B, F)`, trained
             jointly with the flow, or the name of a default one: ``"mlp"`` (an
-            :class:`sbikit.nn.MLP`, the default for vectors and arrays), ``"series"`` or
+            :class:`sbikit.nn.MLP`, the default for arrays and short vectors), ``"series"`` or
             ``"set"`` (the default for :class:`sbikit.Simulations` of that structure: a
             :class:`sbikit.nn.GRUSummary` or a :class:`sbikit.nn.DeepSet`). Named for plain
             observations, they read a vector :math:`(T,)` as :math:`T` steps or members of one
             feature, or an array :math:`(T, L)` as :math:`T` of :math:`L` features, pooled in
             the standardization; a series on such a fixed grid gets a
-            :class:`sbikit.nn.ConvSummary`.
+            :class:`sbikit.nn.ConvSummary`. For a vector of 20 values or more (``LONG_VECTOR``),
+            None trains both ``"mlp"`` and ``"series"`` in full on the same split and keeps the
+            one with the lower validation loss: a long vector is often a series, a spectrum or a
+            histogram, whose order a convolution uses, and where its order means nothing the MLP
+            wins. ``history["summary"]`` says which was kept, and ``history["summary_race"]``
+            gives both losses; it costs both trainings.
         flow: A flow builder ``flow(features, context)``. Defaults to
             :func:`sbikit.flows.coupling_flow` (spline coupling).
         training: The training settings. Defaults to :class:`TrainConfig()`.
@@ -430,13 +435,34 @@ class NPE:
         data = training_data(self.prior, data if stream is None else stream.sample())
         if self.summary == "mlp" and data.structure is not None:
             raise ValueError(f"summary='mlp' reads vectors of a fixed shape, not a {data.structure} of any size.")
+        summaries = [self.summary]
+        if self.summary is None and data.structure is None and len(data.x_shape) == 1 and data.x_shape[0] >= LONG_VECTOR:
+            summaries = ["mlp", "series"]  # a long vector: both train in full, the lower validation loss is kept
+        fitted = [self._fit_summary(data, summary, stream, len(summaries) > 1) for summary in summaries]
+        posterior, run = min(fitted, key=lambda pair: pair[1].best)
+        if len(fitted) > 1:
+            posterior.history["summary"] = summaries[fitted.index((posterior, run))]
+            posterior.history["summary_race"] = {s: r.best for s, (_, r) in zip(summaries, fitted)}
+        if data.structure is None:  # not sets or series: a shorter one than any trained on is in scope,
+            net = posterior.network  # yet its summary lies far from theirs
+            with torch.no_grad():
+                parts = [net.embed(x.to(net.x_loc.device)) for x in data.x.split(4096)]
+            net.summary_range.fit(torch.cat(parts))
+        return posterior
+
+    def _fit_summary(self, data: Simulations, summary: nn.Module | str | None, stream, named: bool
+                     ) -> tuple[NPEPosterior, Training]:
+        r"""Trains a posterior with ``summary`` (racing the adjustment, where ``adjust="auto"``) and
+        returns it with its finished run; ``named`` puts the summary's name in the runs' names."""
+
         choices = [self.adjust] if self.adjust != "auto" else [True, False]
-        if _num_regressors(data.x_shape) == 0 or self.summary == "set":
+        if _num_regressors(data.x_shape) == 0 or summary == "set":
             choices = [False]  # no regressors, or none that keep members exchangeable: nothing to adjust
         runs = {}
         for adjust in choices:
-            name = "training" if len(choices) == 1 else f"training ({'' if adjust else 'un'}adjusted)"
-            runs[adjust] = self._start(data, adjust, name, stream)
+            labels = ([summary] if named else []) + ([] if len(choices) == 1 else [f"{'' if adjust else 'un'}adjusted"])
+            name = f"training ({', '.join(labels)})" if labels else "training"
+            runs[adjust] = self._start(data, adjust, name, stream, summary)
         chosen = choices[0]
         if len(runs) > 1:
             # a race on the same split: both run the first epochs of their schedule in step, until
@@ -454,30 +480,27 @@ class NPE:
         posterior, run = runs[chosen]
         run.advance()
         posterior.history = run.finish()
-        if data.structure is None:  # not sets or series: a shorter one than any trained on is in scope,
-            net = posterior.network  # yet its summary lies far from theirs
-            with torch.no_grad():
-                parts = [net.embed(x.to(net.x_loc.device)) for x in data.x.split(4096)]
-            net.summary_range.fit(torch.cat(parts))
         posterior.history["adjusted"] = chosen
         if len(runs) > 1:
             posterior.history["adjustment_pilot"] = {
                 "epochs": epochs, "adjusted": scores[True], "unadjusted": scores[False],
             }
-        return posterior
+        return posterior, run
 
-    def _start(self, data: Simulations, adjust: bool, name: str, stream=None) -> tuple[NPEPosterior, Training]:
-        r"""Builds a posterior for ``data`` and its training run, not yet advanced (on ``stream``,
-        a :class:`sbikit.runs.stream.StoreStream`, if given; ``data`` is then a sample of it)."""
+    def _start(self, data: Simulations, adjust: bool, name: str, stream=None,
+               summary: nn.Module | str | None = None) -> tuple[NPEPosterior, Training]:
+        r"""Builds a posterior for ``data`` with ``summary`` and its training run, not yet advanced (on
+        ``stream``, a :class:`sbikit.runs.stream.StoreStream`, if given; ``data`` is then a sample of it)."""
 
         config = self.training
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             structure = data.structure
-            if isinstance(self.summary, nn.Module):
-                summary = copy.deepcopy(self.summary)
+            named = summary
+            if isinstance(named, nn.Module):
+                summary = copy.deepcopy(named)
             else:
-                summary = _default_summary(data.x_shape, structure, self.summary)
+                summary = _default_summary(data.x_shape, structure, named)
             features = from_unconstrained(self.prior, self.intervals).inverse_shape(self.prior.event_shape)[-1]
             network = NPENetwork(features, data.x_shape, summary, self.flow, structure)
             specs = {
@@ -493,7 +516,7 @@ class NPE:
             fitted = data[keep]
             fitted_u = posterior.transform.inv(clamp_to_support(fitted.theta, self.prior).double())
             x_values = fitted.x if structure is None else fitted.x[fitted.mask]
-            if structure is None and self.summary in ("set", "series"):  # one standardization for all steps
+            if structure is None and named in ("set", "series"):  # one standardization for all steps
                 x_values = x_values.reshape(-1, data.x_shape[-1] if len(data.x_shape) > 1 else 1)
             for (loc, scale), values in (
                 ((network.theta_loc, network.theta_scale), fitted_u),
@@ -520,5 +543,5 @@ class NPE:
             if stream is not None:
                 tensors = copy.copy(stream)
                 tensors.transform = lambda theta, *rest: (posterior.unconstrain(theta), *rest)  # x, and a mask
-            kind = "vectors" if structure is None and self.summary not in ("set", "series") else "structured"
+            kind = "vectors" if structure is None and named not in ("set", "series") else "structured"
             return posterior, Training(network, tensors, config, name, kind)
